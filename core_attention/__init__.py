@@ -1,0 +1,46 @@
+"""core_attention: the one place attention lives. Depends on torch and einops only."""
+
+from .attention import MultiHeadAttention
+from .block import TransformerBlock
+from .cache import DecoderCache, KVCache
+from .layers import DropPath, LayerScale, Mlp, init_weights
+from .masks import causal_mask, dalle_mask, key_padding_mask, mask_to_text, save_mask_png
+from .positions import (
+    AxialRotaryEmbedding,
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    apply_rotary,
+    resample_pos_embed,
+    sincos_2d,
+    sinusoidal_table,
+)
+from .seq2seq import Seq2SeqTransformer
+from .stacks import Decoder, Encoder
+
+__all__ = [
+    "AxialRotaryEmbedding",
+    "Decoder",
+    "DecoderCache",
+    "DropPath",
+    "Encoder",
+    "KVCache",
+    "LayerScale",
+    "LearnedPositionalEmbedding",
+    "Mlp",
+    "MultiHeadAttention",
+    "RotaryEmbedding",
+    "Seq2SeqTransformer",
+    "SinusoidalPositionalEncoding",
+    "TransformerBlock",
+    "apply_rotary",
+    "causal_mask",
+    "dalle_mask",
+    "init_weights",
+    "key_padding_mask",
+    "mask_to_text",
+    "resample_pos_embed",
+    "save_mask_png",
+    "sincos_2d",
+    "sinusoidal_table",
+]

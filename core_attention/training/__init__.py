@@ -1,0 +1,20 @@
+"""Training conventions shared by every model: one CLI, checkpoints that survive crashes, safe loading.
+
+Imports Lightning; `import core_attention` alone does not import this subpackage.
+"""
+
+from .callbacks import FiniteLossGuard
+from .checkpoint_io import AtomicCheckpointIO, load_checkpoint
+from .cli import VitDalleCLI, cli_main
+from .weights import load_safetensors, load_state_dict_checked, save_safetensors
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "FiniteLossGuard",
+    "VitDalleCLI",
+    "cli_main",
+    "load_checkpoint",
+    "load_safetensors",
+    "load_state_dict_checked",
+    "save_safetensors",
+]

@@ -1,0 +1,45 @@
+"""The one LightningCLI every model trains with: checkpoints (last + best), non-finite loss guard, atomic writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from .callbacks import FiniteLossGuard
+from .checkpoint_io import AtomicCheckpointIO
+
+
+class VitDalleCLI(LightningCLI):
+    """LightningCLI with a configurable `checkpoint:` section (ModelCheckpoint, `save_last=True` by default)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{epoch}-{step}"})
+
+
+def cli_main(
+    model_class: type[pl.LightningModule],
+    datamodule_class: type[pl.LightningDataModule] | None = None,
+    args: list[str] | None = None,
+    *,
+    subclass_mode_data: bool = False,
+    run: bool = True,
+    description: str | None = None,
+    trainer_defaults: dict[str, Any] | None = None,
+) -> VitDalleCLI:
+    """Run `fit|validate|test|predict` for a model with the project's defaults. `args=None` reads sys.argv."""
+    defaults = {"callbacks": [FiniteLossGuard()], "plugins": [AtomicCheckpointIO()]}
+    defaults.update(trainer_defaults or {})
+    return VitDalleCLI(
+        model_class,
+        datamodule_class,
+        subclass_mode_data=subclass_mode_data,
+        args=args,
+        run=run,
+        trainer_defaults=defaults,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": description} if description else None,
+    )

@@ -1,0 +1,60 @@
+"""Weights as safetensors with their config in the header, and strict loading with clear mismatch errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor, nn
+
+
+def save_safetensors(path: str | Path, state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | None = None) -> Path:
+    """Save tensors (shared storage made contiguous copies) with `config` as JSON in the metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    save_file(tensors, str(path), metadata={"config": json.dumps(dict(config or {}))})
+    return path
+
+
+def load_safetensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load (state_dict, config) from a file written by `save_safetensors` (config {} if the file has none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state_dict = load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid safetensors file (corrupt, truncated or another format?): {err}") from None
+    return state_dict, json.loads(metadata.get("config", "{}"))
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str = "checkpoint") -> None:
+    """`load_state_dict(strict=True)` whose error lists missing/unexpected keys and shape mismatches by name."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: model expects {tuple(own[k].shape)}, {source} has {tuple(v.shape)}"
+        for k, v in state_dict.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"the {source} does not match this model's configuration:"]
+        if shapes:
+            lines += ["  shape mismatches:"] + [f"    {s}" for s in shapes[:10]]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        lines.append("Build the model with the config the weights were saved with (see the config stored next to them).")
+        raise ValueError("\n".join(lines))
+    with torch.no_grad():
+        model.load_state_dict(state_dict, strict=True)
