@@ -1,6 +1,6 @@
 """core_attention: the one place attention lives. Depends on torch and einops only."""
 
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, attend
 from .block import TransformerBlock
 from .cache import DecoderCache, KVCache
 from .layers import DropPath, LayerScale, Mlp, init_weights
@@ -29,6 +29,7 @@ __all__ = [
     "LearnedPositionalEmbedding",
     "Mlp",
     "MultiHeadAttention",
+    "attend",
     "RotaryEmbedding",
     "Seq2SeqTransformer",
     "SinusoidalPositionalEncoding",

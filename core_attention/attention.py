@@ -11,6 +11,40 @@ from .masks import causal_mask
 from .positions import apply_rotary
 
 
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    fused: bool = True,
+    return_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(q kᵀ / √D + mask) v for q (B, Hq, Lq, D) and k, v (B, Hkv, Lk, D), Hq a multiple of Hkv.
+
+    The fused path is `F.scaled_dot_product_attention` (flash / memory-efficient kernels, no (Lq, Lk) matrix kept
+    for backward); the eager path materialises the weights and returns them. Same numbers either way.
+    """
+    if fused and not return_weights:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return out, None
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, Lq, Lk)
+    if is_causal:
+        mask = causal_mask(q.shape[2], k.shape[2], device=q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(dim=-1)
+    out = F.dropout(weights, dropout_p) @ v  # (B, H, Lq, D)
+    return out, weights
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with timm's parameter names (`qkv`, `proj`, `q_norm`, `k_norm`).
 
@@ -43,12 +77,11 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
         self.fused_attn = True
         self.qkv = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -134,35 +167,13 @@ class MultiHeadAttention(nn.Module):
             if mask.is_floating_point():
                 mask = mask.to(q.dtype)  # SDPA needs the bias in the query dtype (bf16 under autocast)
 
-        if self.fused_attn and not return_weights:
-            out = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask=mask,
-                dropout_p=self.attn_drop.p if self.training else 0.0,
-                is_causal=is_causal,
-                enable_gqa=self.num_kv_heads != self.num_heads,
-            )  # fmt: skip
-            weights = None
-        else:
-            out, weights = self._eager(q, k, v, mask, is_causal)
+        out, weights = attend(
+            q, k, v,
+            mask=mask, is_causal=is_causal, dropout_p=self.attn_drop if self.training else 0.0,
+            fused=self.fused_attn, return_weights=return_weights,
+        )  # fmt: skip
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, lq, self.dim)))
         return (out, weights) if return_weights else out
-
-    def _eager(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> tuple[Tensor, Tensor]:
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, Lq, Lk)
-        if is_causal:
-            mask = causal_mask(q.shape[2], k.shape[2], device=q.device)
-        if mask is not None:
-            if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            else:
-                scores = scores + mask
-        weights = scores.softmax(dim=-1)
-        out = self.attn_drop(weights) @ v  # (B, H, Lq, D)
-        return out, weights
 
     def _broadcastable(self, mask: Tensor, b: int, lq: int, lk: int) -> Tensor:
         shape = (b, self.num_heads, lq, lk)

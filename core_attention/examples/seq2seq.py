@@ -2,6 +2,7 @@
 
     python -m core_attention.examples.seq2seq fit --config configs/seq2seq/reverse.yaml
     python -m core_attention.examples.seq2seq test --config configs/seq2seq/reverse.yaml --ckpt_path last
+    python -m core_attention.examples.seq2seq demo [OUT_DIR]   # train or reuse, then print reversals
 
 Validation and test report exact-match accuracy of greedy decoding on strings never seen in training.
 """
@@ -9,15 +10,18 @@ Validation and test report exact-match accuracy of greedy decoding on strings ne
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
 from core_attention import Seq2SeqTransformer
-from core_attention.training import cli_main
+from core_attention.training import cli_main, load_checkpoint
 
 PAD, BOS, EOS, FIRST_DIGIT = 0, 1, 2, 3
 VOCAB_SIZE = FIRST_DIGIT + 10
@@ -150,7 +154,35 @@ class Seq2SeqModule(pl.LightningModule):
         return decode(out[0].tolist())
 
 
+def demo(out_dir: str = "runs/demo/seq2seq") -> float:
+    """Train (or reuse) the reverse-digits model, print held-out exact match and a few reversals."""
+    ckpt = Path(out_dir) / "reverse.ckpt"
+    data = ReverseDigitsDataModule()
+    if ckpt.is_file():
+        print(f"[seq2seq] reusing {ckpt}")
+        module = Seq2SeqModule(**load_checkpoint(ckpt)["hyper_parameters"])
+        module.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    else:
+        pl.seed_everything(0)
+        module = Seq2SeqModule()
+        trainer = pl.Trainer(
+            accelerator="cpu", max_steps=1500, limit_val_batches=0, gradient_clip_val=1.0,
+            default_root_dir=out_dir, enable_checkpointing=False, logger=CSVLogger(out_dir),
+        )  # fmt: skip
+        trainer.fit(module, data)
+        trainer.save_checkpoint(ckpt)
+    (result,) = trainer.test(module, data, verbose=False)
+    for digits in ["12345", "9081726", "31415926"]:
+        print(f"[seq2seq] reverse({digits}) = {module.reverse(digits)}")
+    print(f"[seq2seq] held-out exact match: {result['test/exact_match']:.1%}  (checkpoint: {ckpt})")
+    return result["test/exact_match"]
+
+
 def main(args: list[str] | None = None):
+    args = sys.argv[1:] if args is None else args
+    if args[:1] == ["demo"]:
+        return demo(*args[1:2])
     return cli_main(Seq2SeqModule, ReverseDigitsDataModule, args, description=__doc__)
 
 
