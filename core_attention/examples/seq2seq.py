@@ -180,9 +180,9 @@ def demo(out_dir: str = "runs/demo/seq2seq") -> float:
 
 
 def main(args: list[str] | None = None):
-    args = sys.argv[1:] if args is None else args
-    if args[:1] == ["demo"]:
-        return demo(*args[1:2])
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["demo"]:
+        return demo(*argv[1:2])
     return cli_main(Seq2SeqModule, ReverseDigitsDataModule, args, description=__doc__)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytorch_lightning as pl
@@ -12,12 +13,19 @@ from .callbacks import FiniteLossGuard
 from .checkpoint_io import AtomicCheckpointIO
 
 
+def checkpoint_dir(default_root_dir: str | None) -> str:
+    # Fixed per run folder (not per logger version), so a restarted run finds `--ckpt_path last`.
+    return os.path.join(default_root_dir or os.getcwd(), "checkpoints")
+
+
 class VitDalleCLI(LightningCLI):
-    """LightningCLI with a configurable `checkpoint:` section (ModelCheckpoint, `save_last=True` by default)."""
+    """LightningCLI with a configurable `checkpoint:` section (ModelCheckpoint, `save_last=True` by default)
+    writing to `<trainer.default_root_dir>/checkpoints`."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{epoch}-{step}"})
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
 
 
 def cli_main(
@@ -31,7 +39,10 @@ def cli_main(
     trainer_defaults: dict[str, Any] | None = None,
 ) -> VitDalleCLI:
     """Run `fit|validate|test|predict` for a model with the project's defaults. `args=None` reads sys.argv."""
-    defaults = {"callbacks": [FiniteLossGuard()], "plugins": [AtomicCheckpointIO()]}
+    defaults = {
+        "callbacks": [FiniteLossGuard()],
+        "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"}],
+    }
     defaults.update(trainer_defaults or {})
     return VitDalleCLI(
         model_class,
