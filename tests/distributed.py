@@ -1,0 +1,83 @@
+"""Helpers for the 1-process vs 2-process equivalence tests (DDP on CPU with gloo, `ddp_spawn`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+class FixedOrder(pl.LightningDataModule):
+    """Wraps a DataModule with an unshuffled train loader, so 2 ranks × b samples and 1 rank × 2 micro-batches of b
+    see the same data (a class, not a closure: ddp_spawn pickles it)."""
+
+    def __init__(self, inner: pl.LightningDataModule) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def setup(self, stage: str) -> None:
+        self.inner.trainer = self.trainer
+        self.inner.setup(stage)
+
+    def train_dataloader(self) -> DataLoader:
+        loader = self.inner.train_dataloader()
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = DistributedSampler(loader.dataset, world, rank, shuffle=False) if world > 1 else None
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn)
+
+
+class RecordRanks(pl.Callback):
+    """Asserts inside the workers: the run really is distributed and every rank ends with identical weights."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert trainer.world_size == self.world_size
+        if self.world_size > 1:
+            assert torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo"
+            flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+            gathered = [torch.zeros_like(flat) for _ in range(self.world_size)]
+            torch.distributed.all_gather(gathered, flat)
+            for other in gathered[1:]:
+                assert torch.equal(gathered[0], other), "ranks diverged"
+
+
+def train_weights(
+    make_module: Callable[[], pl.LightningModule],
+    make_data: Callable[[], pl.LightningDataModule],
+    *,
+    devices: int,
+    accumulate: int,
+    max_steps: int,
+    root: str,
+    **trainer_kwargs,
+) -> dict[str, torch.Tensor]:
+    pl.seed_everything(0)
+    module = make_module()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+        accumulate_grad_batches=accumulate, max_steps=max_steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        callbacks=[RecordRanks(devices)], default_root_dir=root, use_distributed_sampler=False, **trainer_kwargs,
+    )  # fmt: skip
+    trainer.fit(module, FixedOrder(make_data()))
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_training(make_module, make_data, tmp_path, *, max_steps: int = 4, atol: float = 1e-6, **trainer_kwargs) -> None:
+    """2 processes (ddp_spawn, gloo) == 1 process with 2× gradient accumulation, and both actually trained.
+
+    Runs in float64: Adam divides by √v, so float32 rounding differences in near-zero gradients (the two set-ups
+    sum in different orders) grow to whole learning-rate steps within a few updates; in float64 they stay ~1e-12.
+    """
+    trainer_kwargs.setdefault("precision", "64-true")
+    initial = {k: v.clone() for k, v in make_module().state_dict().items()}
+    two = train_weights(make_module, make_data, devices=2, accumulate=1, max_steps=max_steps, root=str(tmp_path / "ddp"), **trainer_kwargs)
+    one = train_weights(make_module, make_data, devices=1, accumulate=2, max_steps=max_steps, root=str(tmp_path / "one"), **trainer_kwargs)
+    changed = [k for k in one if one[k].is_floating_point() and not torch.allclose(one[k], initial[k].to(one[k]))]
+    assert changed, "training did not change any weight"
+    for k in one:
+        torch.testing.assert_close(two[k].double(), one[k].double(), atol=atol, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
