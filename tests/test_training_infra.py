@@ -12,10 +12,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from core_attention import TransformerBlock
 from core_attention.examples.seq2seq import ReverseDigitsDataModule, Seq2SeqModule
 from core_attention.training import (
     AtomicCheckpointIO,
+    CompileBlocks,
     FiniteLossGuard,
+    TransformerFSDPStrategy,
+    cli_main,
     load_checkpoint,
     load_safetensors,
     load_state_dict_checked,
@@ -146,3 +150,28 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     for path in ckpts.iterdir():  # every file on disk is a complete, loadable checkpoint
         assert path.suffix == ".ckpt", f"stray file {path.name}"
         assert "state_dict" in load_checkpoint(path)
+
+
+def test_fsdp_strategy_from_the_command_line_wraps_and_checkpoints_transformer_blocks():
+    cli = cli_main(Seq2SeqModule, ReverseDigitsDataModule, [
+        "--config", str(REPO / "configs/seq2seq/reverse.yaml"), "--trainer.devices=2", "--trainer.num_nodes=1",
+        "--trainer.strategy=core_attention.training.TransformerFSDPStrategy",
+        "--trainer.strategy.activation_checkpointing=true", "--trainer.strategy.sharding_strategy=SHARD_GRAD_OP",
+        "--trainer.precision=bf16-mixed", "--trainer.accumulate_grad_batches=4",
+    ], run=False)  # fmt: skip
+    strategy = cli.trainer.strategy
+    assert isinstance(strategy, TransformerFSDPStrategy) and strategy.num_processes == 2
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {TransformerBlock}
+    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {TransformerBlock}
+    assert strategy.sharding_strategy.name == "SHARD_GRAD_OP"
+    assert cli.trainer.accumulate_grad_batches == 4 and cli.trainer.precision == "bf16-mixed"
+
+
+def test_compile_blocks_callback_compiles_every_transformer_block(tmp_path):
+    module = Seq2SeqModule(dim=16, num_layers=1)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, limit_val_batches=0,
+                         callbacks=[CompileBlocks(backend="eager")], enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, ReverseDigitsDataModule(num_train=32, num_val=4, num_test=4, batch_size=8))
+    blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
+    assert len(blocks) == 2 and all(b._compiled_call_impl is not None for b in blocks)
+    assert trainer.global_step == 2

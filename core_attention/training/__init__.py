@@ -3,14 +3,17 @@
 Imports Lightning; `import core_attention` alone does not import this subpackage.
 """
 
-from .callbacks import FiniteLossGuard
+from .callbacks import CompileBlocks, FiniteLossGuard
 from .checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from .cli import VitDalleCLI, cli_main
+from .strategies import TransformerFSDPStrategy
 from .weights import load_safetensors, load_state_dict_checked, save_safetensors
 
 __all__ = [
     "AtomicCheckpointIO",
+    "CompileBlocks",
     "FiniteLossGuard",
+    "TransformerFSDPStrategy",
     "VitDalleCLI",
     "cli_main",
     "load_checkpoint",

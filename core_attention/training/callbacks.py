@@ -24,3 +24,21 @@ class FiniteLossGuard(Callback):
                 "Lower the learning rate, enable gradient clipping (trainer.gradient_clip_val) or check the data; "
                 "resume from the last good checkpoint with `--ckpt_path last`."
             )
+
+
+class CompileBlocks(Callback):
+    """`torch.compile` every core_attention `TransformerBlock` in place before fitting (regional compilation:
+    each block compiles once and is reused, so start-up stays short). Enable with
+    `--trainer.callbacks+=core_attention.training.CompileBlocks`."""
+
+    def __init__(self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = None) -> None:
+        self.backend, self.mode, self.dynamic = backend, mode, dynamic
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from core_attention.block import TransformerBlock
+
+        blocks = [m for m in pl_module.modules() if isinstance(m, TransformerBlock)]
+        if not blocks:
+            raise ValueError(f"CompileBlocks found no core_attention TransformerBlock in {type(pl_module).__name__}")
+        for block in blocks:
+            block.compile(backend=self.backend, mode=self.mode, dynamic=self.dynamic)

@@ -1,0 +1,33 @@
+"""Lightning strategies preconfigured for transformers built from core_attention."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pytorch_lightning.strategies import FSDPStrategy
+
+from core_attention.block import TransformerBlock
+
+
+class TransformerFSDPStrategy(FSDPStrategy):
+    """FSDP that shards every `TransformerBlock` as its own unit and can recompute its activations in backward.
+
+    Select it from a config or the command line:
+        --trainer.strategy=core_attention.training.TransformerFSDPStrategy
+        --trainer.strategy.activation_checkpointing=true
+    """
+
+    def __init__(
+        self,
+        activation_checkpointing: bool = False,
+        sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = "FULL_SHARD",
+        state_dict_type: Literal["full", "sharded"] = "full",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            auto_wrap_policy={TransformerBlock},
+            activation_checkpointing_policy={TransformerBlock} if activation_checkpointing else None,
+            sharding_strategy=sharding_strategy,
+            state_dict_type=state_dict_type,
+            **kwargs,
+        )
