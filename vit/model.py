@@ -1,0 +1,352 @@
+"""Vision Transformer (ViT) classifier with timm's keyword names and state-dict keys.
+
+Every block is a `core_attention.TransformerBlock`; this file only adds what is image-shaped: the patch embedding,
+the class/register tokens with their learned position table, pooling and the classifier head.
+
+    image (B, C, H, W) -> patches (B, N, D) -> [cls | reg | patches] + pos (B, L, D) -> blocks -> norm -> pool -> head
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from core_attention import TransformerBlock, init_weights
+from core_attention.training import load_safetensors, load_state_dict_checked, save_safetensors
+
+log = logging.getLogger(__name__)
+
+GlobalPool = Literal["token", "avg", ""]
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+@dataclass
+class ViTConfig:
+    """Architecture of a `VisionTransformer`; field names and defaults are timm's (ViT-B/16 at 224 px).
+
+    Args:
+        img_size: Input image size (square int or [height, width]); must be divisible by patch_size.
+        patch_size: Side of the square patches the image is cut into.
+        in_chans: Image channels (3 for RGB, 1 for grayscale).
+        num_classes: Classifier outputs; 0 leaves no head (forward returns pooled features).
+        global_pool: How the token sequence becomes one vector: 'token' (class token), 'avg' (mean of the
+            patch tokens, with fc_norm) or '' (no pooling: forward_head returns every token).
+        embed_dim: Token width.
+        depth: Number of transformer blocks.
+        num_heads: Attention heads per block (embed_dim must be divisible by it).
+        mlp_ratio: MLP hidden width as a multiple of embed_dim.
+        qkv_bias: Bias in the fused query/key/value projection.
+        class_token: Prepend a learned class token.
+        reg_tokens: Number of learned register tokens prepended after the class token ("ViTs need registers").
+        no_embed_class: Position embeddings cover only the patches, not the class/register tokens (DeiT-3, DINOv2).
+        init_values: LayerScale init value of each residual branch; None disables LayerScale.
+        fc_norm: Put the final norm after pooling instead of before; None means "when global_pool is 'avg'" (timm).
+        drop_rate: Dropout before the classifier head.
+        pos_drop_rate: Dropout after adding position embeddings.
+        proj_drop_rate: Dropout after the attention output projection and in the MLP.
+        attn_drop_rate: Dropout on the attention weights.
+        drop_path_rate: Stochastic depth of the last block; the rate grows linearly from 0 over the blocks.
+    """
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    global_pool: GlobalPool = "token"
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    class_token: bool = True
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    init_values: float | None = None
+    fc_norm: bool | None = None
+    drop_rate: float = 0.0
+    pos_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if isinstance(d["img_size"], tuple):
+            d["img_size"] = list(d["img_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown ViT config keys {unknown}; valid keys: {sorted(names)}")
+        d = dict(d)
+        if isinstance(d.get("img_size"), list):
+            d["img_size"] = tuple(d["img_size"])
+        return cls(**d)
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into non-overlapping patches and project each to embed_dim with one strided Conv2d."""
+
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.img_size = _pair(img_size)
+        self.patch_size = _pair(patch_size)
+        bad = [f"{n} {s}" for n, s, p in zip(("height", "width"), self.img_size, self.patch_size) if s % p]
+        if bad:
+            raise ValueError(
+                f"image size {self.img_size[0]}x{self.img_size[1]} is not divisible by the patch size {patch_size} "
+                f"({', '.join(bad)}); use an img_size that is a multiple of {patch_size}, e.g. "
+                f"{(self.img_size[0] // self.patch_size[0]) * self.patch_size[0] or self.patch_size[0]}"
+            )
+        self.in_chans = in_chans
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
+            got = tuple(x.shape)
+            what = []
+            if x.dim() == 4 and x.shape[1] != self.in_chans:
+                what.append(f"{x.shape[1]} channels instead of {self.in_chans}")
+            if x.dim() == 4 and tuple(x.shape[2:]) != self.img_size:
+                what.append(f"size {x.shape[2]}x{x.shape[3]} instead of {self.img_size[0]}x{self.img_size[1]}")
+            raise ValueError(
+                f"expected images of shape (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), got {got}"
+                + (f": {', '.join(what)}" if what else "")
+                + ". Resize the input, or build/load the model with this img_size (pos_embed is resampled on load)."
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class VisionTransformer(nn.Module):
+    """ViT ("An Image is Worth 16x16 Words") with timm's keyword arguments and state-dict keys.
+
+    A timm `VisionTransformer` state dict with the same configuration loads here with `strict=True` and gives
+    the same logits. See `ViTConfig` for every argument.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: GlobalPool = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        class_token: bool = True,
+        reg_tokens: int = 0,
+        no_embed_class: bool = False,
+        init_values: float | None = None,
+        fc_norm: bool | None = None,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.config = ViTConfig(**{k: v for k, v in locals().items() if k in _CONFIG_FIELDS})
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '' (no pooling), got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs the class token: set class_token=True or global_pool='avg'")
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.num_reg_tokens = reg_tokens
+        self.num_prefix_tokens = int(class_token) + reg_tokens
+        self.has_class_token = class_token
+        self.no_embed_class = no_embed_class
+        self.grad_checkpointing = False
+        # Normalisation and labels the weights expect (filled by data/loaders; saved by save_pretrained).
+        self.pretrained_cfg: dict[str, Any] = {}
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        embed_len = num_patches if no_embed_class else num_patches + self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.Sequential(*[
+            TransformerBlock(
+                embed_dim, num_heads,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                init_values=init_values, drop_path=drop_path[i], norm_eps=1e-6,
+            )
+            for i in range(depth)
+        ])  # fmt: skip
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if not use_fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ---- construction helpers -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: ViTConfig | dict[str, Any]) -> VisionTransformer:
+        cfg = ViTConfig.from_dict(config) if isinstance(config, dict) else config
+        return cls(**dataclasses.asdict(cfg))
+
+    def init_weights(self) -> None:
+        """timm's default init: trunc-normal(0.02) linears and pos_embed, tiny class/register tokens."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
+        self.apply(init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that AdamW must not decay (norms and biases are excluded by their 1-D shape)."""
+        return {"pos_embed", "cls_token", "reg_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Layer groups for layer-wise LR decay (timm's `param_groups_layer_decay` reads this)."""
+        return dict(
+            stem=r"^cls_token|reg_token|pos_embed|patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (less activation memory, ~30% more compute)."""
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: GlobalPool | None = None) -> None:
+        """Replace the head with a freshly initialised one for `num_classes` (0 = no head)."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg", ""):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+            if global_pool == "token" and not self.has_class_token:
+                raise ValueError("global_pool='token' needs a class token; this model has none")
+            self.global_pool = global_pool
+            self.config.global_pool = global_pool
+            self.config.fc_norm = not isinstance(self.fc_norm, nn.Identity)  # keep the norm placement
+        self.num_classes = num_classes
+        self.config.num_classes = num_classes
+        ref = self.pos_embed
+        self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            init_weights(self.head)
+        self.head.train(self.training)
+        self.pretrained_cfg.pop("class_names", None)
+
+    # ---- forward -------------------------------------------------------------------------------------------
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> token sequence (B, prefix + N, D) with position embeddings, before the blocks."""
+        x = self.patch_embed(x)  # (B, N, D)
+        prefix = []
+        if self.cls_token is not None:
+            prefix.append(self.cls_token.expand(x.shape[0], -1, -1))
+        if self.reg_token is not None:
+            prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
+        if self.no_embed_class:
+            x = x + self.pos_embed  # the table covers only the patches
+            if prefix:
+                x = torch.cat(prefix + [x], dim=1)
+        else:
+            if prefix:
+                x = torch.cat(prefix + [x], dim=1)
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> normalised tokens (B, prefix + N, D)."""
+        x = self.embed(x)
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type == "token":
+            return x[:, 0]
+        if pool_type == "avg":
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens (B, L, D) -> logits (B, num_classes), or the pooled features (B, D) when pre_logits=True."""
+        x = self.head_drop(self.fc_norm(self.pool(x)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ---- our own weights -----------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `model.safetensors` (weights + config in its header) and a readable `config.json` to `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"architecture": "VisionTransformer", "config": self.config.to_dict(), "pretrained_cfg": self.pretrained_cfg}
+        save_safetensors(directory / WEIGHTS_NAME, self.state_dict(), config)
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> VisionTransformer:
+        """Load a model written by `save_pretrained` (a directory or its `model.safetensors`).
+
+        `overrides` change config fields: another `img_size` resamples pos_embed, another `num_classes`
+        drops the saved head (logged), anything else must match the weights.
+        """
+        from .timm_weights import adapt_state_dict  # same rules as for timm checkpoints
+
+        path = Path(path)
+        file = path / WEIGHTS_NAME if path.is_dir() else path
+        state_dict, meta = load_safetensors(file)
+        if "config" not in meta:
+            raise ValueError(
+                f"{file} has no ViT config in its header (not written by save_pretrained?); for a timm checkpoint "
+                "build the model yourself and use vit.load_timm_weights(model, path)"
+            )
+        config = ViTConfig.from_dict({**meta["config"], **overrides})
+        model = cls.from_config(config)
+        old_grid = PatchEmbed(meta["config"]["img_size"], meta["config"]["patch_size"], 1, 1).grid_size
+        state_dict = adapt_state_dict(state_dict, model, old_grid=old_grid)
+        load_state_dict_checked(model, state_dict, source=str(file))
+        model.pretrained_cfg = dict(meta.get("pretrained_cfg") or {})
+        if config.num_classes != meta["config"]["num_classes"]:
+            model.pretrained_cfg.pop("class_names", None)
+        return model
+
+
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(ViTConfig)}
