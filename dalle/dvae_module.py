@@ -1,0 +1,299 @@
+"""LightningModule for the discrete VAE: DALL·E's schedules, codebook health, reconstruction grids.
+
+Schedules follow the DALL·E paper's appendix A.2, all cosine: the gumbel-softmax temperature tau goes
+1 -> 1/16, the KL weight beta 0 -> its target, and the learning rate from ``lr`` down to ``lr_end``.
+Training uses relaxed codes; validation measures what the text-to-image model will see: argmax codes
+(``encode`` -> ``decode``), as PSNR, plus perplexity and the fraction of the codebook in use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from torchmetrics import Metric
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from .dvae import Architecture, DiscreteVAE, ReconLoss, kl_to_uniform, logit_laplace_nll, map_pixels
+
+__all__ = ["CodebookUsage", "DVAEModule", "CodebookCollapseWarning", "cosine_schedule", "batch_images", "fit_vae_main"]
+
+
+class CodebookCollapseWarning(UserWarning):
+    """Fewer than ``collapse_threshold`` of the codebook's tokens were used in an epoch."""
+
+
+def cosine_schedule(step: int, total: int, start: float, end: float) -> float:
+    """Half-cosine from ``start`` (step 0) to ``end`` (step >= total)."""
+    if total <= 0 or step >= total:
+        return end
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+class CodebookUsage(Metric):
+    """Histogram of token ids over an epoch (summed across processes): perplexity and fraction of codes used."""
+
+    full_state_update = False
+
+    def __init__(self, num_tokens: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_tokens = num_tokens
+        self.add_state("counts", default=torch.zeros(num_tokens, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, ids: torch.Tensor) -> None:
+        self.counts += torch.bincount(ids.flatten().long(), minlength=self.num_tokens)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        counts = self.counts.double()
+        p = counts / counts.sum().clamp_min(1)
+        entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
+        return {
+            "perplexity": torch.exp(entropy).float(),
+            "codes_used": (self.counts > 0).float().mean(),
+        }
+
+
+def batch_images(batch: Any) -> torch.Tensor:
+    """Images from the batch formats the project's datamodules yield: ``{"image": ...}``, ``(image, ...)`` or a tensor."""
+    if isinstance(batch, dict):
+        return batch["image"]
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    return batch
+
+
+class DVAEModule(pl.LightningModule):
+    """Trains :class:`~dalle.dvae.DiscreteVAE`. Model options are ``DiscreteVAE``'s; see that class.
+
+    Args:
+        init_weights: a ``save_pretrained`` directory or ``.safetensors`` file to start from (fine-tuning,
+            e.g. OpenAI's converted dVAE). Its shapes must match the model options.
+        lr, lr_end: cosine learning-rate schedule from ``lr`` to ``lr_end`` over all training steps,
+            after ``warmup_steps`` of linear warm-up.
+        temperature_start, temperature_end, temperature_steps: cosine schedule of the gumbel-softmax
+            temperature; ``temperature_steps=None`` spreads it over all training steps.
+        kl_weight, kl_warmup_steps: beta goes 0 -> ``kl_weight`` (cosine) over ``kl_warmup_steps``.
+        collapse_threshold: warn (``CodebookCollapseWarning``) when fewer than this fraction of codes is used.
+        num_recon_images: images in the per-validation-epoch reconstruction grid (input | reconstruction).
+        export_dir: where ``save_pretrained`` writes the trained dVAE at the end of ``fit``
+            (default: ``<log_dir>/dvae``).
+    """
+
+    def __init__(
+        self,
+        architecture: Architecture = "dalle",
+        image_size: int = 32,
+        channels: int = 3,
+        num_tokens: int = 512,
+        downsample: int = 4,
+        hidden_dim: int = 64,
+        num_resblocks: int = 1,
+        codebook_dim: int = 128,
+        loss: ReconLoss = "logit_laplace",
+        straight_through: bool = False,
+        init_weights: str | None = None,
+        lr: float = 1e-3,
+        lr_end: float = 1.25e-6,
+        warmup_steps: int = 0,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        temperature_start: float = 1.0,
+        temperature_end: float = 1.0 / 16,
+        temperature_steps: int | None = None,
+        kl_weight: float = 6.6,
+        kl_warmup_steps: int = 5000,
+        collapse_threshold: float = 0.1,
+        num_recon_images: int = 8,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.vae = DiscreteVAE(
+            architecture=architecture, image_size=image_size, channels=channels, num_tokens=num_tokens,
+            downsample=downsample, hidden_dim=hidden_dim, num_resblocks=num_resblocks,
+            codebook_dim=codebook_dim, loss=loss, straight_through=straight_through,
+        )
+        if init_weights:
+            self.vae.load_weights(DiscreteVAE.from_pretrained(init_weights).state_dict())
+            rank_zero_info(f"dVAE: initialised from {init_weights}")
+        self.train_usage = CodebookUsage(num_tokens)
+        self.val_usage = CodebookUsage(num_tokens)
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self._val_grid_batch: torch.Tensor | None = None
+        self._fit_start: float | None = None
+        self._total_steps_cache: int | None = None
+        self.last_figures: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------ schedules
+
+    def _total_steps(self) -> int:
+        """Optimizer steps of the whole fit (cached: Lightning's estimate may rebuild the train dataloader)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return 1
+        if self._total_steps_cache is None:
+            total = trainer.estimated_stepping_batches
+            self._total_steps_cache = int(total) if math.isfinite(total) else 1
+        return self._total_steps_cache
+
+    def temperature(self, step: int | None = None) -> float:
+        hp = self.hparams
+        total = hp.temperature_steps if hp.temperature_steps is not None else self._total_steps()
+        return cosine_schedule(self.global_step if step is None else step, total, hp.temperature_start, hp.temperature_end)
+
+    def kl_weight(self, step: int | None = None) -> float:
+        hp = self.hparams
+        return cosine_schedule(self.global_step if step is None else step, hp.kl_warmup_steps, 0.0, hp.kl_weight)
+
+    def lr_factor(self, step: int, total: int | None = None) -> float:
+        """Multiplier of ``lr`` at ``step``: linear warm-up, then cosine to ``lr_end / lr``."""
+        hp = self.hparams
+        total = self._total_steps() if total is None else total
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        return cosine_schedule(step - hp.warmup_steps, max(total - hp.warmup_steps, 1), 1.0, hp.lr_end / hp.lr)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for p in self.vae.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.vae.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr, betas=tuple(hp.betas), eps=1e-8,
+        )
+        total = self._total_steps()
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------ steps
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images = batch_images(batch)
+        tau, beta = self.temperature(), self.kl_weight()
+        out = self.vae(images, temperature=tau, check=batch_idx == 0)
+        losses = self.vae.loss(images, out, kl_weight=beta)
+        self.train_usage.update(out.logits.detach().argmax(1))
+        if self._trainer is None:  # called directly, outside a Trainer
+            return losses["loss"]
+        self.log("train/loss", losses["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        self.log_dict({"train/recon": losses["recon"], "train/kl": losses["kl"]}, on_step=True, on_epoch=False)
+        self.log_dict({"train/temperature": tau, "train/kl_weight": beta}, on_step=True, on_epoch=False)
+        return losses["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        usage = self.train_usage.compute()
+        self.log_dict({f"train/{k}": v for k, v in usage.items()}, sync_dist=False)
+        self.train_usage.reset()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images = batch_images(batch)
+        vae = self.vae
+        logits = vae.encoder_logits(images, check=batch_idx == 0)  # (B, K, h, w)
+        ids = logits.argmax(1)  # (B, h, w): hard codes, as encode() gives them
+        stats = vae.decoder.forward_ids(ids)
+        recon = vae.stats_to_images(stats)
+        C = vae.channels
+        if vae.config.loss == "logit_laplace":
+            nll = logit_laplace_nll(map_pixels(images), stats[:, :C], stats[:, C : 2 * C]).mean()
+        else:
+            nll = F.mse_loss(torch.sigmoid(stats[:, :C].float()), map_pixels(images).float())
+        kl = kl_to_uniform(logits).sum((1, 2)).mean() / images[0].numel()
+        self.val_psnr.update(recon, images.float())
+        self.val_usage.update(ids)
+        self.log_dict({"val/recon": nll, "val/kl": kl, "val/mse": F.mse_loss(recon, images.float())}, sync_dist=True)
+        if batch_idx == 0:
+            n = self.hparams.num_recon_images
+            self._val_grid_batch = torch.stack([images[:n].float(), recon[:n]], dim=1).flatten(0, 1).detach().cpu()
+
+    def on_validation_epoch_end(self) -> None:
+        usage = self.val_usage.compute()
+        psnr = self.val_psnr.compute()
+        self.val_usage.reset()
+        self.val_psnr.reset()
+        self.log("val/psnr", psnr, prog_bar=True)
+        self.log("val/perplexity", usage["perplexity"])
+        self.log("val/codes_used", usage["codes_used"], prog_bar=True)
+        if self.trainer.sanity_checking:
+            return
+        self.last_figures = {"psnr": float(psnr), "codes_used": float(usage["codes_used"]), "perplexity": float(usage["perplexity"])}
+        self.check_codebook(float(usage["codes_used"]))
+        if self._val_grid_batch is not None:
+            self._save_recon_grid(self._val_grid_batch)
+
+    def check_codebook(self, codes_used: float) -> bool:
+        """Warns (once per call) when the codebook has collapsed; returns True if healthy."""
+        if codes_used >= self.hparams.collapse_threshold:
+            return True
+        K = self.hparams.num_tokens
+        msg = (
+            f"dVAE codebook collapse at epoch {self.current_epoch}: only {codes_used:.1%} of the {K} codes "
+            f"({round(codes_used * K)}) were used (threshold {self.hparams.collapse_threshold:.0%}). "
+            "Try a lower KL weight or a slower temperature schedule, a lower learning rate, or fewer tokens."
+        )
+        if self.trainer.is_global_zero:
+            warnings.warn(msg, CodebookCollapseWarning, stacklevel=2)
+        return False
+
+    @rank_zero_only
+    def _save_recon_grid(self, pairs: torch.Tensor) -> None:
+        from torchvision.utils import make_grid, save_image
+
+        grid = make_grid(pairs, nrow=8, padding=2, pad_value=1.0)  # 4 (input | reconstruction) pairs per row
+        out_dir = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "recon")
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, f"epoch={self.current_epoch:03d}-step={self.global_step}.png")
+        save_image(grid, path)
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):  # TensorBoard
+                experiment.add_image("val/reconstruction", grid, self.global_step)
+            elif hasattr(logger, "log_image"):  # e.g. Weights & Biases
+                logger.log_image(key="val/reconstruction", images=[grid], step=self.global_step)
+
+    # ------------------------------------------------------------------------------ fit hooks
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_fit_end(self) -> None:
+        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        elapsed = time.perf_counter() - (self._fit_start or time.perf_counter())
+        export_dir = self.hparams.export_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "dvae")
+        self.vae.save_pretrained(export_dir)
+        f = self.last_figures
+        if f:
+            print(
+                f"dVAE after {self.global_step} steps ({elapsed / 60:.1f} min): val PSNR {f['psnr']:.2f} dB, "
+                f"codes used {f['codes_used']:.1%} of {self.hparams.num_tokens}, perplexity {f['perplexity']:.1f}. "
+                f"Saved to {export_dir}",
+                flush=True,
+            )
+        else:
+            print(f"dVAE after {self.global_step} steps ({elapsed / 60:.1f} min), saved to {export_dir}", flush=True)
+
+
+def fit_vae_main(args: list[str]) -> None:
+    """``python -m dalle fit-vae [LightningCLI options]``: ``fit`` for :class:`DVAEModule` with any datamodule."""
+    import sys
+
+    from core_attention.training import cli_main
+
+    argv, sys.argv = sys.argv, ["python -m dalle fit-vae"]  # the args below are the whole command line
+    try:
+        cli_main(
+            DVAEModule,
+            pl.LightningDataModule,
+            args=["fit", *args],
+            subclass_mode_data=True,
+            description="Train DALL·E's discrete VAE (stage 1).",
+        )
+    finally:
+        sys.argv = argv
