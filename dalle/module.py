@@ -1,0 +1,357 @@
+"""LightningModule for DALL·E's text-to-image Transformer (stage 2), the checkpoint format and ``python -m dalle fit``.
+
+The trained dVAE (stage 1) is an input: loaded frozen from a ``save_pretrained`` folder, it turns each batch's
+images into token ids on the fly. The BPE tokenizer is loaded from ``tokenizer_path`` or, without one, trained at
+``setup`` on the datamodule's ``train_captions`` (on rank 0, then shared with the other ranks). The transformer is
+built once both vocabularies are known, so a checkpoint holds everything needed to generate:
+
+    state_dict            ``model.*``: the DALLE weights
+    dalle_config          DALLEConfig as a dict
+    vae_state_dict        the frozen dVAE's weights    vae_config   DVAEConfig as a dict
+    tokenizer_json        the tokenizer's ``tokenizer.json`` text
+    hyper_parameters      this module's arguments
+
+``load_pipeline(path)`` reads such a checkpoint (``weights_only=True``, strict key/shape checks) or the folder that
+``fit`` exports at the end (``model.safetensors``, ``tokenizer.json``, ``vae/``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from .dvae import DiscreteVAE
+from .model import DALLE, DALLEConfig
+from .tokenizer import BPETokenizer
+
+__all__ = ["DALLEModule", "fit_main", "load_pipeline"]
+
+DEFAULT_SAMPLE_PROMPTS = (
+    "a small red circle in the top left",
+    "a large blue square in the center",
+    "a small green triangle at the bottom",
+    "a large yellow cross on the right",
+)
+
+
+class DALLEModule(pl.LightningModule):
+    """Trains :class:`~dalle.model.DALLE` on image-caption batches (``{"image": (B,3,H,W) in [0,1], "caption": [str]}``).
+
+    Args:
+        vae_path: the trained dVAE, a ``DiscreteVAE.save_pretrained`` folder (or its ``.safetensors`` file).
+        tokenizer_path: a ``tokenizer.json``; None trains a BPE tokenizer on the training captions at setup.
+        tokenizer_vocab_size: requested BPE vocabulary (the trained one can be smaller on a small corpus).
+        tokenizer_train_limit: train the tokenizer on at most this many captions (None: all).
+        text_seq_len: text tokens per caption; longer captions are truncated (the share is reported at setup).
+        dim, depth, num_heads, num_kv_heads, mlp_ratio, qk_norm, dropout, attn_drop, drop_path_rate, attn_types,
+            conv_kernel_size, loss_img_weight: the transformer (see :class:`~dalle.model.DALLEConfig`).
+        caption_dropout: probability of replacing a caption by the empty (all-padding) text while training, so the
+            model also learns the unconditional distribution that classifier-free guidance needs.
+        lr, min_lr, warmup_steps, weight_decay, betas: AdamW, linear warm-up then cosine decay to min_lr per step
+            (no weight decay on embeddings, norms and biases).
+        grad_checkpointing: recompute each block's activations in the backward pass (less memory).
+        sample_prompts: prompts drawn every validation epoch into ``<log_dir>/samples/*.png`` (and the logger).
+        sample_images_per_prompt, sample_guidance_scale, sample_temperature, sample_top_k, sample_top_p, sample_seed:
+            how those samples are drawn (a fixed seed, so grids of successive epochs are comparable).
+        export_dir: where the trained model, tokenizer and dVAE are saved at the end of fit (default <log_dir>/dalle).
+    """
+
+    def __init__(
+        self,
+        vae_path: str,
+        tokenizer_path: str | None = None,
+        tokenizer_vocab_size: int = 1000,
+        tokenizer_train_limit: int | None = 200_000,
+        text_seq_len: int = 32,
+        dim: int = 512,
+        depth: int = 12,
+        num_heads: int = 8,
+        num_kv_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        qk_norm: bool = False,
+        dropout: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path_rate: float = 0.0,
+        attn_types: list[str] = ["full"],  # noqa: B006 - LightningCLI reads the default from the signature
+        conv_kernel_size: int = 11,
+        loss_img_weight: float = 7.0,
+        caption_dropout: float = 0.1,
+        lr: float = 4.5e-4,
+        min_lr: float = 1e-5,
+        warmup_steps: int = 200,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.96),
+        grad_checkpointing: bool = False,
+        sample_prompts: list[str] | None = None,
+        sample_images_per_prompt: int = 4,
+        sample_guidance_scale: float = 3.0,
+        sample_temperature: float = 1.0,
+        sample_top_k: int | None = None,
+        sample_top_p: float | None = None,
+        sample_seed: int = 0,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        self.save_hyperparameters()
+        # The frozen dVAE is a tool of the module, not a submodule: kept out of the parameter tree, FSDP never shards it
+        # (nor mixes its frozen weights with trainable ones in a unit) and the optimizer never sees it.
+        # Its weights and config are added to every checkpoint (on_save_checkpoint), so checkpoints stay self-contained.
+        object.__setattr__(self, "vae", DiscreteVAE.from_pretrained(vae_path).eval().requires_grad_(False))
+        self.tokenizer: BPETokenizer | None = None
+        self.model: DALLE | None = None
+        if tokenizer_path is not None:
+            self._build(BPETokenizer.load(tokenizer_path))
+        self._val_samples: Tensor | None = None
+        self._fit_start: float | None = None
+
+    # ------------------------------------------------------------------------------------------ building
+
+    def model_config(self, text_vocab_size: int) -> DALLEConfig:
+        hp = self.hparams
+        return DALLEConfig(
+            text_vocab_size=text_vocab_size, text_seq_len=hp.text_seq_len,
+            image_vocab_size=self.vae.num_tokens, image_grid_size=self.vae.grid_size,
+            dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, num_kv_heads=hp.num_kv_heads, mlp_ratio=hp.mlp_ratio,
+            qk_norm=hp.qk_norm, dropout=hp.dropout, attn_drop=hp.attn_drop, drop_path_rate=hp.drop_path_rate,
+            attn_types=tuple(hp.attn_types), conv_kernel_size=hp.conv_kernel_size, loss_img_weight=hp.loss_img_weight,
+        )  # fmt: skip
+
+    def _build(self, tokenizer: BPETokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.model = DALLE(self.model_config(tokenizer.vocab_size))
+        if self.hparams.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        rank_zero_info(
+            f"DALLE: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, text vocab "
+            f"{tokenizer.vocab_size} x {self.hparams.text_seq_len} tokens, image vocab {self.vae.num_tokens} x "
+            f"{self.vae.grid_size}x{self.vae.grid_size} tokens"
+        )
+
+    def setup(self, stage: str) -> None:
+        if self.model is not None:
+            return
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "train_captions"):
+            raise ValueError(
+                "no tokenizer: give model.tokenizer_path (a tokenizer.json), or a datamodule with train_captions() "
+                "(ShapesDataModule, CaptionFolderDataModule, WebDatasetDataModule) to train one on"
+            )
+        text = None
+        if self.trainer.is_global_zero:
+            hp = self.hparams
+            started = time.perf_counter()
+            captions = list(datamodule.train_captions(hp.tokenizer_train_limit))
+            if not captions:
+                raise ValueError("the datamodule returned no training captions to train the tokenizer on")
+            tokenizer = BPETokenizer.train(captions, hp.tokenizer_vocab_size)
+            lengths = [len(ids) for ids in tokenizer.tokenizer.encode_batch(captions)]
+            cut = sum(n > hp.text_seq_len for n in lengths) / len(lengths)
+            rank_zero_info(
+                f"tokenizer: trained BPE on {len(captions)} captions in {time.perf_counter() - started:.1f}s: vocab "
+                f"{tokenizer.vocab_size}, caption length mean {sum(lengths) / len(lengths):.1f} / max {max(lengths)} "
+                f"tokens; {cut:.1%} exceed text_seq_len={hp.text_seq_len} and are truncated"
+            )
+            text = tokenizer.tokenizer.to_str()
+        text = self.trainer.strategy.broadcast(text, src=0)  # every rank gets rank 0's tokenizer
+        self._build(BPETokenizer(Tokenizer.from_str(text)))
+        if self.trainer.is_global_zero:
+            self.tokenizer.save(Path(self._log_dir()) / "tokenizer.json")
+
+    def _log_dir(self) -> str:
+        return self.trainer.log_dir or self.trainer.default_root_dir
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizer_json"] = self.tokenizer.tokenizer.to_str()
+        checkpoint["dalle_config"] = self.model.config.to_dict()
+        checkpoint["vae_config"] = self.vae.config.to_dict()
+        checkpoint["vae_state_dict"] = {k: v.detach().cpu() for k, v in self.vae.state_dict().items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = BPETokenizer(Tokenizer.from_str(checkpoint["tokenizer_json"]))
+        if self.model is None:
+            self._build(saved)
+        elif saved.tokenizer.to_str() != self.tokenizer.tokenizer.to_str():
+            if saved.vocab_size != self.tokenizer.vocab_size:
+                raise ValueError(
+                    f"the checkpoint's tokenizer (vocab {saved.vocab_size}) differs from the one built at setup (vocab "
+                    f"{self.tokenizer.vocab_size}): resume with --model.tokenizer_path pointing to the run's tokenizer.json"
+                )
+            self.tokenizer = saved  # same shapes: the checkpoint's tokenizer is the one its weights were trained with
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Batch -> (text (B, T), image ids (B, N)). Truncation is reported once at setup, not per caption."""
+        images, captions = batch["image"], batch["caption"]
+        if next(self.vae.parameters()).device != images.device:
+            self.vae.to(images.device)  # not a submodule, so Lightning does not move it
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="prompt cut from")
+            text = self.tokenizer.encode_batch(captions, self.hparams.text_seq_len).to(self.device)
+        with torch.no_grad():
+            ids = self.vae.get_codebook_indices(images)  # (B, N); checks size and range of the images
+        return text, ids
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        text, ids = self.encode_batch(batch)
+        p = self.hparams.caption_dropout
+        if p > 0:
+            keep = torch.rand(text.shape[0], 1, device=text.device) >= p
+            text = text * keep  # dropped captions become all padding: the unconditional prompt
+        out = self.model(text, ids, check=batch_idx == 0)
+        n = text.shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
+        self.log_dict({"train/text_loss": out.text_loss, "train/image_loss": out.image_loss}, batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        text, ids = self.encode_batch(batch)
+        out = self.model(text, ids, check=batch_idx == 0)
+        n = text.shape[0]
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log_dict({"val/text_loss": out.text_loss, "val/image_loss": out.image_loss}, sync_dist=True, batch_size=n)
+        if batch_idx == 0 and self.hparams.sample_images_per_prompt > 0:
+            # Inside the step (not at epoch end), on every rank: under FSDP every rank must join each forward.
+            self._val_samples = self.sample_grid()
+
+    def sample_grid(self) -> Tensor:
+        """(P * n, 3, H, W) images for the fixed sample prompts, in [0, 1]."""
+        from .generate import generate_images
+
+        hp = self.hparams
+        result = generate_images(
+            self.model, self.tokenizer, self.vae, list(hp.sample_prompts or DEFAULT_SAMPLE_PROMPTS),
+            num_images=hp.sample_images_per_prompt, batch_size=64, temperature=hp.sample_temperature,
+            top_k=hp.sample_top_k, top_p=hp.sample_top_p, guidance_scale=hp.sample_guidance_scale, seed=hp.sample_seed,
+        )  # fmt: skip
+        return result.images.flatten(0, 1)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_samples is not None and not self.trainer.sanity_checking:
+            self._save_samples(self._val_samples)
+        self._val_samples = None
+
+    @rank_zero_only
+    def _save_samples(self, images: Tensor) -> None:
+        from torchvision.utils import make_grid, save_image
+
+        grid = make_grid(images, nrow=self.hparams.sample_images_per_prompt, padding=2, pad_value=1.0)
+        folder = Path(self._log_dir()) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_image(grid, folder / f"epoch={self.current_epoch:03d}-step={self.global_step}.png")
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):  # TensorBoard
+                experiment.add_image("val/samples", grid, self.global_step)
+            elif hasattr(logger, "log_image"):  # e.g. Weights & Biases
+                logger.log_image(key="val/samples", images=[grid], step=self.global_step)
+
+    # ------------------------------------------------------------------------------------------ optimisation
+
+    def lr_factor(self, step: int, total: int) -> float:
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
+        floor = hp.min_lr / hp.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        skip = {f"model.{name}" for name in self.model.no_weight_decay()}
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or name in skip else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr, betas=tuple(hp.betas),
+        )  # fmt: skip
+        total = self.trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else 10**9
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------ export
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_fit_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        folder = self.export(self.hparams.export_dir or os.path.join(self._log_dir(), "dalle"))
+        elapsed = (time.perf_counter() - (self._fit_start or time.perf_counter())) / 60
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"DALLE after {self.global_step} steps ({elapsed:.1f} min): {figures or 'no validation'}. Exported to {folder}", flush=True)
+
+    def export(self, folder: str | os.PathLike) -> Path:
+        """Save model.safetensors + tokenizer.json + vae/ into `folder` (what `load_pipeline(folder)` reads)."""
+        folder = Path(folder)
+        self.model.save_pretrained(folder)
+        self.tokenizer.save(folder / "tokenizer.json")
+        self.vae.save_pretrained(folder / "vae")
+        return folder
+
+
+def load_pipeline(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DALLE, BPETokenizer, DiscreteVAE]:
+    """(model, tokenizer, dVAE) in eval mode from a ``fit`` checkpoint (.ckpt) or an exported folder.
+
+    Checkpoints are read with ``weights_only=True``; weights must match their saved configs exactly (strict)."""
+    from core_attention.training import load_checkpoint, load_state_dict_checked
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path} is not an exported DALLE folder (no model.safetensors; expected also tokenizer.json and vae/)")
+        model = DALLE.from_pretrained(path, map_location)
+        vae = DiscreteVAE.from_pretrained(path / "vae", map_location=map_location)
+        return model, BPETokenizer.load(path / "tokenizer.json"), vae.eval()
+    ckpt = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in ("state_dict", "dalle_config", "vae_config", "vae_state_dict", "tokenizer_json") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit` (it lacks {', '.join(missing)})")
+    state = ckpt["state_dict"]
+    model = DALLE(DALLEConfig.from_dict(ckpt["dalle_config"]))
+    load_state_dict_checked(model, {k[6:]: v for k, v in state.items() if k.startswith("model.")}, source=f"checkpoint {path}")
+    vae = DiscreteVAE.from_config(ckpt["vae_config"])
+    vae.load_weights(ckpt["vae_state_dict"])
+    tokenizer = BPETokenizer(Tokenizer.from_str(ckpt["tokenizer_json"]))
+    if tokenizer.vocab_size != model.config.text_vocab_size:
+        raise ValueError(f"{path}: tokenizer vocab {tokenizer.vocab_size} != model text_vocab_size {model.config.text_vocab_size}")
+    return model.to(map_location).eval(), tokenizer, vae.to(map_location).eval()
+
+
+def fit_main(args: list[str]) -> None:
+    """``python -m dalle fit --config configs/dalle/shapes.yaml [LightningCLI options]``."""
+    import sys
+
+    from core_attention.training import cli_main
+
+    argv, sys.argv = sys.argv, ["python -m dalle fit"]
+    try:
+        cli_main(
+            DALLEModule,
+            pl.LightningDataModule,
+            args=["fit", *args],
+            subclass_mode_data=True,
+            description="Train DALL·E's text-to-image transformer (stage 2) on top of a trained dVAE.",
+        )
+    finally:
+        sys.argv = argv
