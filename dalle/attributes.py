@@ -301,6 +301,8 @@ class AttributeModule(pl.LightningModule):
         weight_decay: AdamW weight decay of the weight matrices (norms, biases, pos_embed get none).
         label_smoothing: Label smoothing of every head's cross-entropy.
         noise_std: Std of Gaussian pixel noise added to training images (robustness to generated images).
+        brightness: Training images are scaled by a factor drawn from [1 - brightness, 1] (generated colours are
+            often a little dull).
         export_dir: After fitting, save the classifier here with ``save_pretrained`` (and the test accuracy when
             a test run follows); None skips.
     """
@@ -314,6 +316,7 @@ class AttributeModule(pl.LightningModule):
         weight_decay: float = 0.05,
         label_smoothing: float = 0.0,
         noise_std: float = 0.03,
+        brightness: float = 0.2,
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -338,8 +341,11 @@ class AttributeModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, labels = batch["image"], batch["labels"]
-        if self.hparams.noise_std > 0:
-            images = (images + self.hparams.noise_std * torch.randn_like(images)).clamp(0, 1)
+        hp = self.hparams
+        if hp.brightness > 0:
+            images = images * (1 - hp.brightness * torch.rand(len(images), 1, 1, 1, device=images.device))
+        if hp.noise_std > 0:
+            images = (images + hp.noise_std * torch.randn_like(images)).clamp(0, 1)
         logits = self.model(images)
         loss = self._loss(logits, labels)
         correct = torch.stack([logits[n].argmax(-1) == labels[:, i] for i, n in enumerate(ATTRIBUTES)])  # (4, B)

@@ -5,7 +5,9 @@ images (B, 3, H, W) in [0, 1] --encoder--> logits (B, K, H/f, W/f) over a codebo
 
 Two architectures share one class and one contract:
 
-- ``architecture="dalle"``: our own small residual conv encoder/decoder (the default; fast on a CPU).
+- ``architecture="dalle"``: our own residual conv encoder/decoder in the same layout (the default): full-width
+  3x3 convs with GroupNorm + SiLU before each, which trains several times faster at small sizes than OpenAI's
+  un-normalised ReLU blocks.
 - ``architecture="openai"``: OpenAI's released dVAE (the ``dall_e`` package) with the same module and
   parameter names (``blocks.group_1.block_1.res_path.conv_1.w`` ...), so its ``Encoder``/``Decoder``
   state dicts load with ``strict=True`` into ``vae.encoder`` / ``vae.decoder`` and give the same

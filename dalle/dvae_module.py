@@ -182,9 +182,10 @@ class DVAEModule(pl.LightningModule):
         self.train_usage.update(out.logits.detach().argmax(1))
         if self._trainer is None:  # called directly, outside a Trainer
             return losses["loss"]
-        self.log("train/loss", losses["loss"], prog_bar=True, on_step=True, on_epoch=False)
-        self.log_dict({"train/recon": losses["recon"], "train/kl": losses["kl"]}, on_step=True, on_epoch=False)
-        self.log_dict({"train/temperature": tau, "train/kl_weight": beta}, on_step=True, on_epoch=False)
+        B = images.shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=B)
+        self.log_dict({"train/recon": losses["recon"], "train/kl": losses["kl"]}, on_step=True, on_epoch=False, batch_size=B)
+        self.log_dict({"train/temperature": tau, "train/kl_weight": beta}, on_step=True, on_epoch=False, batch_size=B)
         return losses["loss"]
 
     def on_train_epoch_end(self) -> None:
@@ -207,7 +208,8 @@ class DVAEModule(pl.LightningModule):
         kl = kl_to_uniform(logits).sum((1, 2)).mean() / images[0].numel()
         self.val_psnr.update(recon, images.float())
         self.val_usage.update(ids)
-        self.log_dict({"val/recon": nll, "val/kl": kl, "val/mse": F.mse_loss(recon, images.float())}, sync_dist=True)
+        self.log_dict({"val/recon": nll, "val/kl": kl, "val/mse": F.mse_loss(recon, images.float())}, sync_dist=True,
+                      batch_size=images.shape[0])
         if batch_idx == 0:
             n = self.hparams.num_recon_images
             self._val_grid_batch = torch.stack([images[:n].float(), recon[:n]], dim=1).flatten(0, 1).detach().cpu()

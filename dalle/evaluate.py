@@ -260,7 +260,8 @@ def evaluate_main(argv: list[str]) -> int:
         parser.error(str(err))
     device = torch.device(args.device)
     model, tokenizer, vae = load_pipeline(args.checkpoint, map_location=device)
-    model.eval(), vae.eval()
+    model.eval()
+    vae.eval()
     classifier_dir = args.classifier or f"runs/attribute_classifier_{vae.image_size}px"
     classifier = get_classifier(classifier_dir, vae.image_size, train_steps=args.classifier_steps, device=device)
     rerank, candidates = None, None

@@ -31,6 +31,7 @@ from core_attention import Encoder, LearnedPositionalEmbedding, init_weights, ke
 from core_attention.training import load_safetensors, load_state_dict_checked, save_safetensors
 from vit import ViTConfig, VisionTransformer
 
+from .shapes import parse_caption
 from .tokenizer import BPETokenizer
 
 __all__ = [
@@ -47,8 +48,10 @@ WEIGHTS_NAME, CONFIG_NAME, TOKENIZER_NAME = "model.safetensors", "config.json", 
 
 
 def _default_image_arch() -> ViTConfig:
-    return ViTConfig(img_size=32, patch_size=8, num_classes=0, global_pool="avg", embed_dim=96, depth=3, num_heads=4,
-                     mlp_ratio=2.0)  # fmt: skip
+    # As the attribute classifier's: one 16 px patch per cell of the shapes' 3x3 grid (inputs resized to 48 px), and
+    # no pooling: the projection reads all 9 tokens, so where a shape is stays a linear read-out.
+    return ViTConfig(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False, embed_dim=96, depth=2,
+                     num_heads=4, mlp_ratio=2.0)  # fmt: skip
 
 
 @dataclass
@@ -61,7 +64,8 @@ class RerankerConfig:
         text_dim: Width of the text Transformer.
         text_depth: Blocks of the text Transformer.
         text_heads: Attention heads of the text Transformer.
-        image_arch: The image ViT (timm keyword names); num_classes must be 0 and global_pool 'avg' or 'token'.
+        image_arch: The image ViT (timm keyword names); num_classes must be 0. global_pool '' (default) projects all
+            tokens flattened, 'avg' / 'token' the pooled vector. Images of any size are resized to its img_size.
         embed_dim: Width of the shared text-image embedding space.
         init_temperature: Initial softmax temperature of the logits (learned; CLIP's 0.07).
     """
@@ -78,8 +82,8 @@ class RerankerConfig:
     def __post_init__(self) -> None:
         if isinstance(self.image_arch, dict):
             self.image_arch = ViTConfig.from_dict(self.image_arch)
-        if self.image_arch.num_classes != 0 or self.image_arch.global_pool == "":
-            raise ValueError("image_arch must have num_classes=0 and global_pool 'avg' or 'token' (the reranker pools and projects itself)")
+        if self.image_arch.num_classes != 0:
+            raise ValueError(f"image_arch must have num_classes=0 (the reranker projects the features itself), got {self.image_arch.num_classes}")
         for name in ("text_vocab_size", "text_seq_len", "text_dim", "text_depth", "text_heads", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -124,7 +128,9 @@ class ContrastiveReranker(nn.Module):
         self.text_encoder = Encoder(c.text_dim, c.text_depth, c.text_heads, mlp_ratio=2.0)
         self.text_proj = nn.Linear(c.text_dim, c.embed_dim, bias=False)
         self.image_encoder = VisionTransformer.from_config(c.image_arch)
-        self.image_proj = nn.Linear(c.image_arch.embed_dim, c.embed_dim, bias=False)
+        num_tokens = self.image_encoder.patch_embed.num_patches + self.image_encoder.num_prefix_tokens
+        width = c.image_arch.embed_dim * (num_tokens if c.image_arch.global_pool == "" else 1)
+        self.image_proj = nn.Linear(width, c.embed_dim, bias=False)
         for module in (self.token_emb, self.text_encoder, self.text_proj, self.image_proj):
             module.apply(init_weights)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / c.init_temperature)))
@@ -163,10 +169,10 @@ class ContrastiveReranker(nn.Module):
         return F.normalize(self.text_proj(pooled), dim=-1)
 
     def encode_image(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in [0, 1] at the reranker's img_size -> (B, E) unit vectors."""
-        x = (images - 0.5) / 0.5
-        pooled = self.image_encoder.forward_head(self.image_encoder.forward_features(x), pre_logits=True)  # (B, D)
-        return F.normalize(self.image_proj(pooled), dim=-1)
+        """(B, 3, H, W) in [0, 1] at the image encoder's img_size (see :meth:`prepare_images`) -> (B, E) unit vectors."""
+        x = (self.prepare_images(images) - 0.5) / 0.5
+        features = self.image_encoder.forward_head(self.image_encoder.forward_features(x), pre_logits=True)  # (B, [L,] D)
+        return F.normalize(self.image_proj(features.flatten(1)), dim=-1)
 
     def forward(self, text: Tensor, images: Tensor) -> Tensor:
         """(B, T) ids and (B, 3, H, W) images -> (B, B) logits, text i against image j."""
@@ -198,7 +204,7 @@ class ContrastiveReranker(nn.Module):
         was_training = self.training
         self.eval()
         device = self.logit_scale.device
-        ids, images = self.tokenize(prompts), self.prepare_images(images)
+        ids = self.tokenize(prompts)
         out = []
         for start in range(0, len(prompts), batch_size):
             t = self.encode_text(ids[start : start + batch_size].to(device))
@@ -214,7 +220,7 @@ class ContrastiveReranker(nn.Module):
         self.eval()
         device = self.logit_scale.device
         t = self.encode_text(self.tokenize(prompts).to(device))
-        v = self.encode_image(self.prepare_images(images).to(device))
+        v = self.encode_image(images.to(device))
         self.train(was_training)
         return (t @ v.T).float().cpu()
 
@@ -368,6 +374,13 @@ class RerankerModule(pl.LightningModule):
             "image_to_text_top1": (logits.argmax(0) == target).float().mean(),
             "chance": torch.tensor(1.0 / n),
         }
+        # Shapes captions parse back to their scene: then a retrieved image showing the same scene as the true one
+        # (a duplicate drawn elsewhere in the batch, which no model can tell apart) counts as right too.
+        scenes = [parse_caption(c) for c in batch["caption"]]
+        if all(s is not None for s in scenes):
+            same = torch.tensor([[a == b for b in scenes] for a in scenes], device=logits.device)  # (B, B)
+            values["text_to_image_scene_top1"] = same[target, logits.argmax(1)].float().mean()
+            values["duplicate_fraction"] = ((same.sum(1) > 1).float().mean())
         for name, value in values.items():
             self.log(f"{split}/{name}", value, prog_bar=name == "text_to_image_top1", batch_size=int(n), sync_dist=True)
 

@@ -165,6 +165,8 @@ class ViTClassifier(pl.LightningModule):
             problems.append(f"the data has {dm.in_chans}-channel images but model.arch.in_chans={cfg.in_chans}")
         if (dm.img_size, dm.img_size) != img:
             problems.append(f"the data yields {dm.img_size}x{dm.img_size} images but model.arch.img_size={cfg.img_size}")
+        if stage == "fit" and self.mixup is not None and getattr(dm, "batch_size", 0) % 2:
+            problems.append(f"mixup/cutmix needs an even batch size, data.batch_size={dm.batch_size}")
         if problems:
             raise ValueError("model and data disagree: " + "; ".join(problems) + ". Make the config's model.arch and data sections match.")
         if stage != "predict" and dm.classes:
