@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m core_attention.examples.seq2seq demo
+	$(PY) -m dalle demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

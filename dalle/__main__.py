@@ -10,6 +10,7 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("dalle.demo", "main", "the main job: train ViT, dVAE and DALL·E on bundled data, generate, evaluate (make demo)"),
     "fit-vae": ("dalle.dvae_module", "fit_vae_main", "train the discrete VAE (stage 1) with LightningCLI"),
     "fit": ("dalle.module", "fit_main", "train the text-to-image transformer (stage 2) on a trained dVAE, with LightningCLI"),
     "generate": ("dalle.generate", "generate_main", 'images from text: generate "a red circle" -n 8 --checkpoint CKPT --out grid.png'),
