@@ -15,7 +15,6 @@ the same recipe from Python (what ``evaluate`` does when its ``--classifier`` fo
 from __future__ import annotations
 
 import json
-import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,6 @@ from core_attention.training import load_safetensors, load_state_dict_checked, s
 from vit import ViTConfig, VisionTransformer
 
 from .shapes import ALL_PAIRS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, ShapesDataset, canonical_caption, render
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "ATTRIBUTES",
@@ -97,6 +94,7 @@ class AttributeClassifier(nn.Module):
         width = arch.embed_dim * (num_tokens if arch.global_pool == "" else 1)
         self.heads = nn.ModuleDict({name: nn.Linear(width, len(classes)) for name, classes in ATTRIBUTES.items()})
         self.heads.apply(init_weights)
+        self.metrics: dict[str, Any] = {}  # figures saved with the weights (filled by from_pretrained)
         if arch.embed_dim % 4 == 0 and not arch.no_embed_class:
             # MAE-style 2-D sin-cos start for the patch positions (still learned): every cell is distinct from the
             # first step instead of after the 0.02-std timm init has grown.

@@ -9,12 +9,13 @@ Prompts. Every prompt is the canonical caption of a one-shape scene, e.g. "a sma
 so no prompt is in both. ``--num-prompts K`` scenes are drawn from each set without replacement, spread evenly over
 its colour-shape pairs (pair order and each pair's size/position order shuffled by ``--prompt-seed``): the same
 flags always give the same prompts. Each prompt gets ``--images-per-prompt`` images (seeded: ``--seed`` for the
-held-in set, ``--seed + 1`` for the held-out set).
+held-in set, ``--seed + 1`` for the held-out set). With ``--reranker`` (a :mod:`dalle.reranker` model, trained on
+the training split only), ``--candidates`` images are drawn per prompt and the best-scored ones are kept and scored.
 
 Scoring. The attribute classifier (:mod:`dalle.attributes`, a ViT with a head per attribute) reads each generated
 image's shape, colour, size and position. Reported per set: the accuracy of each attribute and of all four at once
 (the prompt-adherence figure), plus the classifier's own accuracy on exact renders of the same prompts (its ceiling:
-near 100% means the classifier, not the generator, is not the bottleneck).
+near 100% means the errors counted are the generator's, not the classifier's).
 
 Outputs in ``--out``: ``report.json`` (every figure, the prompts, the settings) and ``grid_held_in.png`` /
 ``grid_held_out.png`` (a row per prompt; a green frame marks images with all four attributes right, red the others).
@@ -68,7 +69,7 @@ def prompt_scenes(split: str, num_prompts: int, seed: int = 0) -> list[Scene]:
     rng = random.Random(f"vit-dalle/evaluate/{split}/{seed}")
     rng.shuffle(pairs)
     order = {pair: rng.sample(options, len(options)) for pair in pairs}
-    scenes = []
+    scenes: list[Scene] = []
     for k in range(num_prompts):  # round-robin: prompt k uses pair k % len(pairs), its (k // len(pairs))-th option
         colour, kind = pair = pairs[k % len(pairs)]
         size, pos = order[pair][k // len(pairs)]
@@ -173,7 +174,7 @@ def save_grid(images: Tensor, correct: Tensor, path: str | Path, max_prompts: in
     return path
 
 
-def get_classifier(directory: str | Path, image_size: int, *, train_steps: int = 1000,
+def get_classifier(directory: str | Path, image_size: int, *, train_steps: int = 800,
                    device: torch.device | str = "cpu") -> AttributeClassifier:  # fmt: skip
     """The classifier in ``directory``; trained there with the short recipe first if the folder has none."""
     from .attributes import WEIGHTS_NAME, train_classifier
@@ -183,11 +184,9 @@ def get_classifier(directory: str | Path, image_size: int, *, train_steps: int =
         classifier = AttributeClassifier.from_pretrained(directory)
     else:
         print(f"no attribute classifier in {directory}: training one for {image_size}px images ({train_steps} steps, "
-              "~1-2 min on 2 CPU cores); it is cached there for later runs", flush=True)  # fmt: skip
+              "about a minute on 2 CPU cores); it is cached there for later runs", flush=True)  # fmt: skip
         classifier = train_classifier(directory, image_size, max_steps=train_steps)
-    if classifier.img_size != (image_size, image_size):
-        print(f"note: the classifier reads {classifier.img_size[0]}px images, the model draws {image_size}px: images are resized")
-    test = getattr(classifier, "metrics", {}).get("test_accuracy")
+    test = classifier.metrics.get("test_accuracy")
     if test:
         print("classifier test accuracy on real shapes images: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
     return classifier.to(device).eval()
@@ -210,7 +209,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", default=None,
                    help="attribute classifier folder (save_pretrained). Trained there and cached if it holds none. "
                    "Default: runs/attribute_classifier_<image size>px")  # fmt: skip
-    p.add_argument("--classifier-steps", type=int, default=1000, help="training steps when the classifier has to be trained")
+    p.add_argument("--classifier-steps", type=int, default=800, help="training steps when the classifier has to be trained (the configs/dalle/attributes.yaml recipe)")
     p.add_argument("--out", default="runs/evaluate", help="folder for report.json and the PNG grids")
     p.add_argument("--num-prompts", type=int, default=64, help="prompts per set (held-in: at most 594, held-out: at most 126)")
     p.add_argument("--images-per-prompt", type=int, default=4, help="images generated per prompt")
@@ -287,7 +286,7 @@ def evaluate_main(argv: list[str]) -> int:
     full = {
         "checkpoint": str(args.checkpoint),
         "classifier": str(classifier_dir),
-        "classifier_test_accuracy": getattr(classifier, "metrics", {}).get("test_accuracy"),
+        "classifier_test_accuracy": classifier.metrics.get("test_accuracy"),
         "reranker": args.reranker,
         "settings": {
             "num_prompts": args.num_prompts, "images_per_prompt": args.images_per_prompt, "candidates": candidates,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "guide_logits",
     "load_reranker",
     "sample_logits",
+    "sampling_logits",
     "save_images",
 ]
 
@@ -82,16 +84,40 @@ def guide_logits(logits: Tensor, scale: float) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def sampling_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance_scale: float = 1.0,
+) -> Tensor:
+    """The logits a token is drawn from: temperature, then the top_k / top_p filter, then guidance.
+
+    Without guidance: (B, V) -> (B, V). With guidance (scale != 1): (2B, V) = [conditional; unconditional] -> (B, V),
+    guided within the conditional model's top_k / top_p set. Guiding outside that set would boost exactly the tokens
+    the unconditional model finds unlikely, however unlikely they are under the prompt too (u + s (c - u) grows as
+    u falls): on the shapes data unfiltered guidance at scale 3 drew the wrong image for most prompts, guidance
+    within the conditional top-p 0.9 set none (see docs/benchmarks.md, "Generation").
+    """
+    logits = logits.float() / temperature
+    if guidance_scale == 1.0:
+        return filter_logits(logits, top_k, top_p)
+    cond, _ = logits.chunk(2)
+    outside = filter_logits(cond, top_k, top_p).isinf()
+    return guide_logits(logits, guidance_scale).masked_fill(outside, float("-inf"))
+
+
 def sample_logits(
     logits: Tensor,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    guidance_scale: float = 1.0,
 ) -> Tensor:
-    """One token per row of (B, V) logits -> (B,) long."""
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    """One token per image from (B, V) logits ((2B, V) with guidance, see `sampling_logits`) -> (B,) long."""
+    probs = sampling_logits(logits, temperature, top_k, top_p, guidance_scale).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 # ---------------------------------------------------------------------------------------------------- text level
@@ -175,6 +201,12 @@ def generate_images(
     candidates = num_images if candidates is None else candidates
     if candidates < num_images:
         raise ValueError(f"candidates ({candidates}) must be >= num_images ({num_images})")
+    if guided and top_k is None and top_p is None:
+        warnings.warn(
+            "classifier-free guidance without top_k / top_p can draw tokens the prompt makes unlikely; "
+            "add e.g. top_p=0.9 (--top-p 0.9)",
+            stacklevel=2,
+        )
     if candidates > num_images and rerank is None:
         raise ValueError(f"sampling {candidates} candidates to keep {num_images} needs a reranker (rerank=...)")
     if model.config.image_vocab_size != vae.num_tokens or model.config.image_grid_size != vae.grid_size:
@@ -282,7 +314,7 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: no filter)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the most likely tokens up to this mass")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off; 2-4 typical)")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off; 2-4 typical, with --top-p 0.9)")
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed -> same images); printed when not given")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (x2 with guidance)")
     p.add_argument("--unconditional", action="store_true", help="allow empty prompts without guidance")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from core_attention import Decoder, LearnedPositionalEmbedding, dalle_mask, init_weights
 
-from .generate import check_sampling_args, guide_logits, sample_logits
+from .generate import check_sampling_args, sample_logits
 
 __all__ = ["ATTN_TYPES", "DALLE", "DALLEConfig", "DALLEOutput", "paper_attn_types"]
 
@@ -276,8 +276,9 @@ class DALLE(nn.Module):
             text: (B, T) token ids (0 = padding; an all-padding row is the unconditional prompt).
             temperature, top_k, top_p: logits / temperature, then keep the top_k tokens and the smallest set whose
                 probability reaches top_p (None = no filter).
-            guidance_scale: classifier-free guidance s: logits = uncond + s * (cond - uncond), the unconditional pass
-                (all-padding text) running in the same batch. 1 = no guidance (and no extra pass).
+            guidance_scale: classifier-free guidance s: logits = uncond + s * (cond - uncond) within the conditional
+                top_k / top_p set (see `dalle.generate.sampling_logits`), the unconditional pass (all-padding text)
+                running in the same batch. 1 = no guidance (and no extra pass). Use it with top_p or top_k.
             generator / seed: the random stream (same seed -> same ids). Neither: torch's global generator.
             prime: (B, n) or (B, rows, w) image ids to keep as the first n tokens (image priming).
             use_cache: decode incrementally with a preallocated KV cache (same ids as recomputing every prefix).
@@ -306,8 +307,8 @@ class DALLE(nn.Module):
         out = torch.empty(B, N, dtype=torch.long, device=self.device)
         out[:, :n] = prime
 
-        def next_logits(logits: Tensor) -> Tensor:  # (rows, V) -> (B, V)
-            return guide_logits(logits, guidance_scale) if guided else logits
+        def sample(logits: Tensor) -> Tensor:  # (rows, V) -> (B,)
+            return sample_logits(logits, temperature, top_k, top_p, generator, guidance_scale)
 
         def rows_of(ids: Tensor) -> Tensor:  # (B, k) -> (rows, k)
             return torch.cat([ids, ids]) if guided else ids
@@ -319,7 +320,7 @@ class DALLE(nn.Module):
             for j in range(n, N):
                 x = torch.cat([prefix, self.embed_image(rows_of(out[:, n:j]), n)], dim=1) if j > n else prefix
                 h = self.decoder(x, mask=self.layer_masks(0, x.shape[1]))
-                out[:, j] = sample_logits(next_logits(self.image_head(h[:, -1])), temperature, top_k, top_p, generator)
+                out[:, j] = sample(self.image_head(h[:, -1]))
             return out
 
         cache = self.decoder.init_cache(rows, c.seq_len, dtype=dtype, device=self.device)
@@ -327,7 +328,7 @@ class DALLE(nn.Module):
         logits = self.image_head(h[:, -1])  # (rows, V): predicts image token n
         pos = self.image_pos()  # (N, dim), computed once
         for j in range(n, N):
-            token = sample_logits(next_logits(logits), temperature, top_k, top_p, generator)  # (B,)
+            token = sample(logits)  # (B,)
             out[:, j] = token
             if j == N - 1:
                 break

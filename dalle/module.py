@@ -97,7 +97,7 @@ class DALLEModule(pl.LightningModule):
         sample_guidance_scale: float = 3.0,
         sample_temperature: float = 1.0,
         sample_top_k: int | None = None,
-        sample_top_p: float | None = None,
+        sample_top_p: float | None = 0.9,
         sample_seed: int = 0,
         export_dir: str | None = None,
     ) -> None:

@@ -14,6 +14,7 @@ Train: ``python -m dalle fit-reranker --config configs/dalle/reranker.yaml``. Us
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -137,6 +138,7 @@ class ContrastiveReranker(nn.Module):
         self.tokenizer = tokenizer
         if tokenizer is not None:
             self.check_tokenizer(tokenizer)
+        self.metrics: dict[str, Any] = {}  # figures saved with the weights (filled by from_pretrained)
 
     def check_tokenizer(self, tokenizer: BPETokenizer) -> None:
         if tokenizer.vocab_size > self.config.text_vocab_size:
@@ -230,8 +232,6 @@ class ContrastiveReranker(nn.Module):
         """``model.safetensors`` (config in the header), ``tokenizer.json`` and a readable ``config.json``."""
         if self.tokenizer is None:
             raise RuntimeError("save_pretrained needs the tokenizer (a reranker without one cannot read prompts)")
-        import json
-
         directory = Path(directory)
         meta = {"architecture": "ContrastiveReranker", "config": self.config.to_dict(), "metrics": metrics or {}}
         save_safetensors(directory / WEIGHTS_NAME, self.state_dict(), meta)

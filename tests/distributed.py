@@ -21,6 +21,9 @@ class FixedOrder(pl.LightningDataModule):
         self.inner.trainer = self.trainer
         self.inner.setup(stage)
 
+    def train_captions(self, limit: int | None = None):
+        return self.inner.train_captions(limit)  # DALL·E trains its tokenizer from these at setup
+
     def train_dataloader(self) -> DataLoader:
         loader = self.inner.train_dataloader()
         world, rank = self.trainer.world_size, self.trainer.global_rank

@@ -13,6 +13,7 @@ from dalle.generate import (
     guide_logits,
     load_reranker,
     sample_logits,
+    sampling_logits,
 )
 from dalle.model import DALLE
 from dalle.tokenizer import BPETokenizer
@@ -72,6 +73,18 @@ def test_guidance_formula_and_sampling() -> None:
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     flat = torch.zeros(4, 100)
     assert torch.equal(sample_logits(flat, generator=g1), sample_logits(flat, generator=g2))
+
+
+def test_guidance_stays_within_the_conditional_filter() -> None:
+    cond = torch.tensor([[4.0, 3.0, 0.0, -1.0]])
+    uncond = torch.tensor([[4.0, 3.0, -9.0, 0.0]])  # token 2 is very unlikely without the prompt
+    both = torch.cat([cond, uncond])
+    assert guide_logits(both, 3.0).argmax().item() == 2  # unfiltered guidance boosts it above the prompt's choice
+    guided = sampling_logits(both, top_k=2, guidance_scale=3.0)
+    assert guided.isfinite().tolist() == [[True, True, False, False]]
+    torch.testing.assert_close(guided[:, :2], guide_logits(both, 3.0)[:, :2])
+    assert sampling_logits(both, top_p=0.5, guidance_scale=3.0).isfinite().sum() == 1
+    torch.testing.assert_close(sampling_logits(cond, temperature=2.0), cond / 2)
 
 
 # ------------------------------------------------------------------------------------------------ model.generate
@@ -185,7 +198,7 @@ def test_prompt_validation(pipeline) -> None:
     with pytest.raises(ValueError, match="no prompts"):
         generate_images(model, tokenizer, vae, [])
     # the empty prompt is fine where guidance runs the unconditional pass anyway, or when asked for explicitly
-    assert generate_images(model, tokenizer, vae, "", guidance_scale=2.0, seed=0).images.shape[:2] == (1, 1)
+    assert generate_images(model, tokenizer, vae, "", guidance_scale=2.0, top_p=0.9, seed=0).images.shape[:2] == (1, 1)
     assert generate_images(model, tokenizer, vae, "", unconditional=True, seed=0).images.shape[:2] == (1, 1)
     with pytest.warns(UserWarning, match="prompt cut from"):
         generate_images(model, tokenizer, vae, "a red circle in the top left and a big blue square on the right", seed=0)

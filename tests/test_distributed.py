@@ -14,3 +14,4 @@ def test_seq2seq_ddp_matches_gradient_accumulation(tmp_path):
         lambda: ReverseDigitsDataModule(min_len=6, max_len=6, num_train=256, num_val=4, num_test=4, batch_size=8),
         tmp_path,
     )
+
