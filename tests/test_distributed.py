@@ -15,3 +15,18 @@ def test_seq2seq_ddp_matches_gradient_accumulation(tmp_path):
         tmp_path,
     )
 
+
+@pytest.mark.slow
+def test_vit_ddp_matches_gradient_accumulation(tmp_path):
+    from vit.data import DigitsDataModule
+    from vit.model import ViTConfig
+    from vit.module import ViTClassifier
+
+    arch = ViTConfig(img_size=8, patch_size=4, in_chans=1, num_classes=10, global_pool="avg", embed_dim=32, depth=2, num_heads=4)
+    assert_same_training(
+        lambda: ViTClassifier(arch=arch, warmup_steps=1, warmup_fraction=None),
+        # no random augmentation: the two set-ups draw random numbers in different processes
+        lambda: DigitsDataModule(img_size=8, batch_size=8, crop_padding=0, rotate_degrees=0, scale_range=(1.0, 1.0),
+                                 rand_augment=None, re_prob=0.0),  # fmt: skip
+        tmp_path,
+    )
