@@ -84,7 +84,7 @@ def train_dalle(out: Path, quick: bool) -> dict[str, Path]:
     evaluate = ["dalle", "evaluate", "--checkpoint", str(ckpt), "--out", str(report_dir),
                 "--classifier", str(out / "attributes")]  # fmt: skip
     if quick:
-        evaluate += ["--num-prompts", "8", "--images-per-prompt", "2", "--classifier-steps", "200"]
+        evaluate += ["--num-prompts", "8", "--images-per-prompt", "2", "--classifier-steps", "500"]
     run("DALL·E: prompt adherence", *evaluate)
     return {"dVAE": vae_dir / "dvae", "DALL·E checkpoint": ckpt, "generated grid": grid, "evaluation report": report_dir / "report.json"}
 
