@@ -73,7 +73,7 @@ def test_fit_checkpoint_and_generation_from_checkpoint_alone(vae_dir, tmp_path) 
     ids = torch.randint(0, 32, (1, 16))
     module.model.eval()
     torch.testing.assert_close(model(text, ids).loss, module.model(text, ids).loss)
-    out = generate_images(model, tokenizer, vae, "a red circle", num_images=2, guidance_scale=2.0, seed=0)
+    out = generate_images(model, tokenizer, vae, "a red circle", num_images=2, guidance_scale=2.0, top_p=0.9, seed=0)
     assert out.images.shape == (1, 2, 3, 16, 16)
 
     exported = load_pipeline(log_dir / "dalle")  # the folder written at the end of fit

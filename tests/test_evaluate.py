@@ -79,12 +79,14 @@ def test_evaluate_end_to_end(dalle_folder, tmp_path, capsys) -> None:
     assert "held_in" in printed and "held_out" in printed and "quality bar" in printed
 
     report = json.loads((out / "report.json").read_text())
-    assert {"checkpoint", "classifier", "settings", "held_in", "held_out", "quality_bar", "grids"} <= set(report)
+    assert {"summary", "checkpoint", "classifier", "settings", "held_in", "held_out", "quality_bar", "grids"} <= set(report)
+    assert report["summary"]["held_out"] == report["held_out"]["accuracy"]
     for split in ("held_in", "held_out"):
         r = report[split]
         assert r["num_prompts"] == 5 and r["num_images"] == 10 and len(r["prompts"]) == 5
-        assert set(r["accuracy"]) == METRICS and set(r["classifier_on_real"]) == METRICS
-        assert all(0.0 <= v <= 1.0 for v in [*r["accuracy"].values(), *r["classifier_on_real"].values(), *r["per_prompt_all"]])
+        figures = [r["accuracy"], r["classifier_on_real"], r["dvae_ceiling"]]
+        assert all(set(f) == METRICS for f in figures)
+        assert all(0.0 <= v <= 1.0 for v in [*(v for f in figures for v in f.values()), *r["per_prompt_all"]])
         assert Path(report["grids"][split]).is_file()
     assert not set(report["held_in"]["prompts"]) & set(report["held_out"]["prompts"])
     assert all(is_held_out(parse_caption(p)) for p in report["held_out"]["prompts"])

@@ -270,8 +270,11 @@ def test_configs_parse(name, capsys):
 
 
 @pytest.mark.slow
-def test_digits_reduced_recipe_reaches_85_percent(tmp_path):
-    """A shortened digits.yaml run (same recipe, fewer epochs) must be far above chance (10%) in about a minute."""
+def test_digits_reduced_recipe_reaches_90_percent(tmp_path):
+    """A shortened digits.yaml run (same recipe, 16 of its 100 epochs) must be far above chance (10%) in about 20 s.
+
+    Measured: 95.0% at 16 epochs (the full recipe: 99.2%); 8 epochs gave only 73-78%, too close to any bar.
+    """
     import yaml
 
     cfg = yaml.safe_load((REPO / "configs/vit/digits.yaml").read_text())
@@ -279,8 +282,8 @@ def test_digits_reduced_recipe_reaches_85_percent(tmp_path):
     model = ViTClassifier(**{**cfg["model"], "arch": ViTConfig(**cfg["model"]["arch"])})
     dm = DigitsDataModule(**cfg["data"]["init_args"])
     start = time.time()
-    t = trainer(tmp_path, max_epochs=8, gradient_clip_val=1.0, limit_val_batches=0)
+    t = trainer(tmp_path, max_epochs=16, gradient_clip_val=1.0, limit_val_batches=0)
     t.fit(model, datamodule=dm)
     (result,) = t.test(model, datamodule=dm, verbose=False)
     print(f"reduced digits run: test top-1 {100 * result['test/acc1']:.2f}% in {time.time() - start:.0f}s")
-    assert result["test/acc1"] >= 0.85
+    assert result["test/acc1"] >= 0.90
