@@ -26,7 +26,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from tokenizers import Tokenizer
 from torch import Tensor
 
@@ -53,16 +53,34 @@ class DALLEModule(pl.LightningModule):
         tokenizer_vocab_size: requested BPE vocabulary (the trained one can be smaller on a small corpus).
         tokenizer_train_limit: train the tokenizer on at most this many captions (None: all).
         text_seq_len: text tokens per caption; longer captions are truncated (the share is reported at setup).
-        dim, depth, num_heads, num_kv_heads, mlp_ratio, qk_norm, dropout, attn_drop, drop_path_rate, attn_types,
-            conv_kernel_size, loss_img_weight: the transformer (see :class:`~dalle.model.DALLEConfig`).
+        dim: transformer width (the token embedding size); must be divisible by num_heads.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        num_kv_heads: key/value heads for grouped-query attention (must divide num_heads); None: one per head.
+        mlp_ratio: MLP hidden width as a multiple of dim.
+        qk_norm: normalise queries and keys before the attention product (steadier training at large widths).
+        dropout: dropout after the attention output projection and in the MLP.
+        attn_drop: dropout on the attention weights.
+        drop_path_rate: stochastic depth of the last block (growing linearly from 0 over the blocks).
+        attn_types: attention pattern per layer, cycled over the depth: 'full' (causal), or the paper's sparse
+            image masks 'row', 'column' and 'conv' (see :func:`~dalle.model.paper_attn_types`).
+        conv_kernel_size: window side of the 'conv' layers, in image tokens (the paper: 11 on a 32 x 32 grid).
+        loss_img_weight: the loss weighs text : image tokens as 1 : loss_img_weight (the paper: 7).
         caption_dropout: probability of replacing a caption by the empty (all-padding) text while training, so the
             model also learns the unconditional distribution that classifier-free guidance needs.
-        lr, min_lr, warmup_steps, weight_decay, betas: AdamW, linear warm-up then cosine decay to min_lr per step
-            (no weight decay on embeddings, norms and biases).
+        lr: peak AdamW learning rate, reached after warmup_steps of linear warm-up, then cosine decay per step.
+        min_lr: learning rate at the end of the cosine decay.
+        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        weight_decay: AdamW weight decay of the weight matrices (embeddings, norms and biases get none).
+        betas: AdamW betas.
         grad_checkpointing: recompute each block's activations in the backward pass (less memory).
         sample_prompts: prompts drawn every validation epoch into ``<log_dir>/samples/*.png`` (and the logger).
-        sample_images_per_prompt, sample_guidance_scale, sample_temperature, sample_top_k, sample_top_p, sample_seed:
-            how those samples are drawn (a fixed seed, so grids of successive epochs are comparable).
+        sample_images_per_prompt: images drawn per sample prompt (0 disables the samples).
+        sample_guidance_scale: classifier-free guidance scale of the samples (1 = off).
+        sample_temperature: sampling temperature of the samples.
+        sample_top_k: keep the k most likely image tokens when sampling (None: no top-k filter).
+        sample_top_p: nucleus sampling mass for the samples (None: no nucleus filter).
+        sample_seed: random seed of the samples (fixed, so the grids of successive epochs are comparable).
         export_dir: where the trained model, tokenizer and dVAE are saved at the end of fit (default <log_dir>/dalle).
     """
 
@@ -166,10 +184,13 @@ class DALLEModule(pl.LightningModule):
             text = tokenizer.tokenizer.to_str()
         text = self.trainer.strategy.broadcast(text, src=0)  # every rank gets rank 0's tokenizer
         self._build(BPETokenizer(Tokenizer.from_str(text)))
+        log_dir = self._log_dir()
         if self.trainer.is_global_zero:
-            self.tokenizer.save(Path(self._log_dir()) / "tokenizer.json")
+            self.tokenizer.save(Path(log_dir) / "tokenizer.json")
 
     def _log_dir(self) -> str:
+        # `trainer.log_dir` broadcasts rank 0's directory: a collective, so every rank must call this, never inside a
+        # rank-0-only branch (one rank waiting in the broadcast while the others go on hangs multi-process runs).
         return self.trainer.log_dir or self.trainer.default_root_dir
 
     # ------------------------------------------------------------------------------------------ checkpoints
@@ -179,6 +200,17 @@ class DALLEModule(pl.LightningModule):
         checkpoint["dalle_config"] = self.model.config.to_dict()
         checkpoint["vae_config"] = self.vae.config.to_dict()
         checkpoint["vae_state_dict"] = {k: v.detach().cpu() for k, v in self.vae.state_dict().items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+        if self.model is None and not strict and any(k.startswith("model.") for k in state_dict):
+            # What a spawn-based strategy (ddp_spawn) does after fit: the tokenizer was trained and the model built in
+            # the workers, so this process has no model to take the trained weights.
+            rank_zero_warn(
+                "DALLEModule: trained weights dropped, this module has no model (it was built at setup in other "
+                "processes). Give tokenizer_path so the model exists before fit, or load the exported folder or a "
+                "checkpoint with dalle.module.load_pipeline."
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = BPETokenizer(Tokenizer.from_str(checkpoint["tokenizer_json"]))
@@ -214,8 +246,9 @@ class DALLEModule(pl.LightningModule):
             text = text * keep  # dropped captions become all padding: the unconditional prompt
         out = self.model(text, ids, check=batch_idx == 0)
         n = text.shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
-        self.log_dict({"train/text_loss": out.text_loss, "train/image_loss": out.image_loss}, batch_size=n)
+        # synced: every rank holds (and checkpoint/early-stopping callbacks monitor) the mean over all ranks
+        self.log("train/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log_dict({"train/text_loss": out.text_loss, "train/image_loss": out.image_loss}, sync_dist=True, batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return out.loss
 
@@ -242,16 +275,18 @@ class DALLEModule(pl.LightningModule):
         return result.images.flatten(0, 1)
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_samples is not None and not self.trainer.sanity_checking:
-            self._save_samples(self._val_samples)
-        self._val_samples = None
+        images, self._val_samples = self._val_samples, None
+        if self.trainer.sanity_checking or self.hparams.sample_images_per_prompt <= 0:
+            return
+        folder = Path(self._log_dir()) / "samples"  # on every rank, also one that drew no samples (a collective)
+        if images is not None:
+            self._save_samples(images, folder)
 
     @rank_zero_only
-    def _save_samples(self, images: Tensor) -> None:
+    def _save_samples(self, images: Tensor, folder: Path) -> None:
         from torchvision.utils import make_grid, save_image
 
         grid = make_grid(images, nrow=self.hparams.sample_images_per_prompt, padding=2, pad_value=1.0)
-        folder = Path(self._log_dir()) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         save_image(grid, folder / f"epoch={self.current_epoch:03d}-step={self.global_step}.png")
         for logger in self.loggers:
@@ -293,9 +328,10 @@ class DALLEModule(pl.LightningModule):
         self._fit_start = time.perf_counter()
 
     def on_fit_end(self) -> None:
+        folder = self.hparams.export_dir or os.path.join(self._log_dir(), "dalle")  # on every rank: a collective
         if not self.trainer.is_global_zero:
             return
-        folder = self.export(self.hparams.export_dir or os.path.join(self._log_dir(), "dalle"))
+        folder = self.export(folder)
         elapsed = (time.perf_counter() - (self._fit_start or time.perf_counter())) / 60
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import DDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
 
@@ -60,8 +62,10 @@ def train_weights(
 ) -> dict[str, torch.Tensor]:
     pl.seed_everything(0)
     module = make_module()
+    # ddp_spawn with a short collective timeout: a collective that only some ranks reach fails instead of hanging 30 min
+    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=120)) if devices > 1 else "auto"
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+        accelerator="cpu", devices=devices, strategy=strategy,
         accumulate_grad_batches=accumulate, max_steps=max_steps, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[RecordRanks(devices)], default_root_dir=root, use_distributed_sampler=False, **trainer_kwargs,
@@ -77,6 +81,7 @@ def assert_same_training(make_module, make_data, tmp_path, *, max_steps: int = 4
     sum in different orders) grow to whole learning-rate steps within a few updates; in float64 they stay ~1e-12.
     """
     trainer_kwargs.setdefault("precision", "64-true")
+    pl.seed_everything(0)  # the initialisation both runs start from (train_weights seeds the same way)
     initial = {k: v.clone() for k, v in make_module().state_dict().items()}
     two = train_weights(make_module, make_data, devices=2, accumulate=1, max_steps=max_steps, root=str(tmp_path / "ddp"), **trainer_kwargs)
     one = train_weights(make_module, make_data, devices=1, accumulate=2, max_steps=max_steps, root=str(tmp_path / "one"), **trainer_kwargs)
