@@ -28,7 +28,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from core_attention import init_weights, sincos_2d
-from core_attention.training import load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.training import adamw_warmup_cosine, load_safetensors, load_state_dict_checked, save_safetensors
 from vit import ViTConfig, VisionTransformer
 
 from .shapes import ALL_PAIRS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, ShapesDataset, canonical_caption, render
@@ -180,8 +180,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     if arch is None or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit-classifier` (no hyper_parameters.arch)")
     model = AttributeClassifier(arch)
-    weights = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    load_state_dict_checked(model, weights, source=f"checkpoint {path}")
+    load_state_dict_checked(model, ckpt["state_dict"], source=f"checkpoint {path}", prefix="model.")
     return model.eval()
 
 
@@ -385,16 +384,11 @@ class AttributeModule(pl.LightningModule):
             print(f"saved the attribute classifier to {self.hparams.export_dir}")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import CosineLRScheduler
-
         hp = self.hparams
-        opt = create_optimizer_v2(self.model, opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay, filter_bias_and_bn=True)
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = min(int(round(hp.warmup_fraction * total)), max(total - 1, 0))
-        sched = CosineLRScheduler(opt, t_initial=max(total - warmup, 1), lr_min=hp.min_lr, warmup_t=warmup,
-                                  warmup_lr_init=hp.lr * 0.01, warmup_prefix=True, t_in_epochs=False)  # fmt: skip
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        return adamw_warmup_cosine(
+            self.model, self.trainer.estimated_stepping_batches, lr=hp.lr, min_lr=hp.min_lr,
+            weight_decay=hp.weight_decay, warmup_lr=hp.lr * 0.01, warmup_fraction=hp.warmup_fraction,
+        )  # fmt: skip
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         scheduler.step_update(num_updates=self.global_step)
@@ -442,13 +436,8 @@ folder `evaluate --classifier` takes.
 
 def fit_classifier_main(args: list[str]) -> None:
     """``python -m dalle fit-classifier [LightningCLI options]``: fit, then test (and export) the fitted weights."""
-    import sys
-
     from core_attention.training import cli_main
 
-    argv, sys.argv = sys.argv, ["python -m dalle fit-classifier"]  # the args below are the whole command line
-    try:
-        cli = cli_main(AttributeModule, AttributeDataModule, ["fit", *args], description=DESCRIPTION)
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-    finally:
-        sys.argv = argv
+    cli = cli_main(AttributeModule, AttributeDataModule, ["fit", *args], description=DESCRIPTION,
+                   prog="python -m dalle fit-classifier")  # fmt: skip
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)

@@ -164,6 +164,9 @@ class CaptionFolder(Dataset):
         return {"image": image, "caption": random.choice(lines) if lines else ""}
 
     def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"CaptionFolder index {index} out of range for {len(self)} items")  # ends `for item in ...`
+        index %= len(self)
         attempts = min(len(self), 10)
         for attempt in range(attempts):
             i = (index + attempt) % len(self)

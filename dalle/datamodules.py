@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .caption_data import (
     CaptionFolder,
@@ -28,7 +28,9 @@ from .caption_data import (
 from .shapes import ShapesDataset, Split
 
 
-def _loader(dataset, batch_size: int, num_workers: int, *, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+def dataloader(
+    dataset: Dataset, batch_size: int, num_workers: int, *, shuffle: bool = False, drop_last: bool = False
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -40,6 +42,14 @@ def _loader(dataset, batch_size: int, num_workers: int, *, shuffle: bool = False
     )
 
 
+def holdout_split(dataset: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset | None]:
+    """(train, val): a seeded ``fraction`` of ``dataset`` held out for validation, at least one item (None when
+    ``fraction`` is 0 or there is one item). Seeded, so every DDP rank (and every run) holds out the same items."""
+    num_val = max(1, round(len(dataset) * fraction)) if fraction > 0 and len(dataset) > 1 else 0
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(order[num_val:])), Subset(dataset, sorted(order[:num_val])) if num_val else None
+
+
 def _world_size(module: pl.LightningDataModule) -> int:
     trainer = getattr(module, "trainer", None)
     return trainer.world_size if trainer is not None else 1
@@ -49,6 +59,18 @@ class ShapesDataModule(pl.LightningDataModule):
     """Synthetic captioned shapes (:mod:`dalle.shapes`): no download, deterministic, with a held-out split.
 
     ``heldout_dataloader()`` serves (colour, shape) pairs never seen in training (compositional generalisation).
+
+    Args:
+        image_size: side of the rendered square images, in pixels (at least 16).
+        max_shapes: shapes per scene, 1 to 4 (each scene draws 1..max_shapes); captions name every shape.
+        num_train: training images per epoch (rendered on access, never stored).
+        num_val: validation images.
+        num_test: test images.
+        num_heldout: images of the held-out colour-shape pairs (``heldout_dataloader()``).
+        batch_size: images per batch (per process under DDP).
+        num_workers: DataLoader worker processes (0 = render in the main process).
+        seed: seed of the scenes: the same seed gives the same images and captions.
+        jitter: random shift and rescale of each shape within its cell, 0 to 0.15 (0 = exact grid placement).
     """
 
     def __init__(
@@ -82,17 +104,17 @@ class ShapesDataModule(pl.LightningDataModule):
         return self.train_set.iter_captions(limit)
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(self.train_set, self.batch_size, self.num_workers, shuffle=True,
-                       drop_last=len(self.train_set) >= self.batch_size)
+        return dataloader(self.train_set, self.batch_size, self.num_workers, shuffle=True,
+                          drop_last=len(self.train_set) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return _loader(self.val_set, self.batch_size, self.num_workers)
+        return dataloader(self.val_set, self.batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return _loader(self.test_set, self.batch_size, self.num_workers)
+        return dataloader(self.test_set, self.batch_size, self.num_workers)
 
     def heldout_dataloader(self) -> DataLoader:
-        return _loader(self.heldout_set, self.batch_size, self.num_workers)
+        return dataloader(self.heldout_set, self.batch_size, self.num_workers)
 
 
 class CaptionFolderDataModule(pl.LightningDataModule):
@@ -100,6 +122,16 @@ class CaptionFolderDataModule(pl.LightningDataModule):
 
     Without ``val_dir``, a seeded ``val_fraction`` of ``train_dir`` is held out for validation (0 disables
     validation). The test loader is the validation loader.
+
+    Args:
+        train_dir: folder of images (searched recursively) with same-name ``.txt`` captions, one caption per line.
+        val_dir: a separate validation folder of the same layout; None holds out val_fraction of train_dir.
+        image_size: side of the square images: the shorter side is resized to it, then the centre cropped.
+        batch_size: image-caption pairs per batch (per process under DDP).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        val_fraction: share of train_dir held out for validation when val_dir is None (0 disables validation).
+        seed: seed of the held-out split (every rank and every run holds out the same items).
+        verify: check every image with PIL when the folder is scanned, so broken files are reported up front.
     """
 
     def __init__(
@@ -131,13 +163,7 @@ class CaptionFolderDataModule(pl.LightningDataModule):
             self.train_set = folder
             self.val_set = CaptionFolder(self.val_dir, self.image_size, verify=self.verify)
             return
-        num_val = 0
-        if self.val_fraction > 0 and len(folder) > 1:
-            num_val = max(1, round(len(folder) * self.val_fraction))
-        # Seeded, so every DDP rank (and every run) holds out the same items.
-        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        self.train_set = Subset(folder, sorted(order[num_val:]))
-        self.val_set = Subset(folder, sorted(order[:num_val])) if num_val else None
+        self.train_set, self.val_set = holdout_split(folder, self.val_fraction, self.seed)
 
     def train_captions(self, limit: int | None = None) -> Iterator[str]:
         self.setup()
@@ -155,14 +181,14 @@ class CaptionFolderDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         assert self.train_set is not None
-        return _loader(self.train_set, self.batch_size, self.num_workers, shuffle=True,
-                       drop_last=len(self.train_set) >= self.batch_size)
+        return dataloader(self.train_set, self.batch_size, self.num_workers, shuffle=True,
+                          drop_last=len(self.train_set) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
         if self.val_set is None:
             return []  # Lightning skips validation
-        return _loader(self.val_set, self.batch_size, self.num_workers)
+        return dataloader(self.val_set, self.batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader | list:
         return self.val_dataloader()
@@ -174,6 +200,17 @@ class WebDatasetDataModule(pl.LightningDataModule):
     Shards are split across ranks and workers. For DDP prefer ``resampled=True`` with ``epoch_length`` (total samples
     per epoch across all ranks): every rank then runs the same number of steps, which plain shard splitting cannot
     promise when shards differ in size. DataLoader workers are capped at the shards each rank gets.
+
+    Args:
+        train_urls: training shards: a brace pattern such as '/data/train-{000000..000999}.tar' or a list of paths
+            (local files, ``pipe:`` or http URLs).
+        val_urls: validation shards (same forms); None disables validation.
+        image_size: side of the square images: the shorter side is resized to it, then the centre cropped.
+        batch_size: image-caption pairs per batch (per process under DDP).
+        num_workers: DataLoader worker processes per rank (each reads its own shards).
+        shuffle: sample shuffle buffer size (0 keeps the shard order and the sample order).
+        resampled: draw shards with replacement, forever, independently per rank and worker (needs epoch_length).
+        epoch_length: samples per epoch across all ranks (what makes a resampled stream end its epochs).
     """
 
     def __init__(
@@ -212,13 +249,13 @@ class WebDatasetDataModule(pl.LightningDataModule):
         dataset = webdataset_pipeline(self.train_urls, self.image_size, self.shuffle, self.resampled,
                                       epoch_length=per_worker)
         # IterableDataset: the batch size goes to the DataLoader, shuffling happens in the pipeline.
-        return _loader(dataset, self.batch_size, workers, drop_last=self.resampled)
+        return dataloader(dataset, self.batch_size, workers, drop_last=self.resampled)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_urls is None:
             return []
         dataset = webdataset_pipeline(self.val_urls, self.image_size, shuffle=0)
-        return _loader(dataset, self.batch_size, self._workers(self.val_urls, False))
+        return dataloader(dataset, self.batch_size, self._workers(self.val_urls, False))
 
     def test_dataloader(self) -> DataLoader | list:
         return self.val_dataloader()

@@ -77,7 +77,8 @@ def train_dalle(out: Path, quick: bool) -> dict[str, Path]:
     if not ckpt.is_file():
         steps = ["--trainer.max_steps=300"] if quick else []
         run("DALL·E on captioned shapes: fit", "dalle", "fit", "--config", "configs/dalle/shapes.yaml",
-            f"--trainer.default_root_dir={dalle_root}", f"--model.vae_path={vae_dir / 'dvae'}", *steps)  # fmt: skip
+            f"--trainer.default_root_dir={dalle_root}", f"--model.vae_path={vae_dir / 'dvae'}",
+            f"--model.export_dir={dalle_root / 'dalle'}", *steps)  # fmt: skip
     grid = out / "generated" / "grid.png"
     run("DALL·E: generate", "dalle", "generate", *PROMPTS, "-n", "4", "--checkpoint", str(ckpt), "--out", str(grid), "--seed", "0")
     report_dir = out / "evaluate"

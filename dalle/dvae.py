@@ -246,11 +246,32 @@ class ResBlock(nn.Module):
         return h.mul_(self.post_gain).add_(_upsample2(self.id_path(x)))
 
 
-def _block_kernels(cfg: DVAEConfig, part: Literal["encoder", "decoder"]) -> tuple[tuple[int, ...], int]:
-    """(res_path kernels, bottleneck divisor) for one architecture and side."""
-    if cfg.architecture == "openai":
-        return ((3, 3, 3, 1) if part == "encoder" else (1, 3, 3, 3)), 4
-    return (3, 3), 1
+def _blocks(
+    cfg: DVAEConfig, part: Literal["encoder", "decoder"], input_conv: nn.Module, n_in: int, widths: list[int], n_out: int
+) -> nn.Sequential:
+    """``input`` -> ``group_1`` .. ``group_G`` (``num_resblocks`` ResBlocks each, a 2x max-pool (encoder) or nearest
+    upsample (decoder) between groups) -> ``output`` (pre-activation + 1x1 conv to ``n_out``): OpenAI's layout."""
+    arch, G, R = cfg.architecture, cfg.num_groups, cfg.num_resblocks
+    if arch == "openai":
+        kernels, div = ((3, 3, 3, 1) if part == "encoder" else (1, 3, 3, 3)), 4
+    else:
+        kernels, div = (3, 3), 1
+    post_gain = 1 / (G * R) ** 2
+    groups: list[tuple[str, nn.Module]] = [("input", input_conv)]
+    for g, w in enumerate(widths):
+        layers: list[tuple[str, nn.Module]] = []
+        for r in range(R):
+            layers.append((f"block_{r + 1}", ResBlock(arch, n_in, w, kernels, w // div, post_gain)))
+            n_in = w
+        if g < G - 1:  # halve the resolution between encoder groups, double it between decoder groups
+            layers.append(("pool", nn.MaxPool2d(kernel_size=2)) if part == "encoder"
+                          else ("upsample", nn.Upsample(scale_factor=2, mode="nearest")))  # fmt: skip
+        groups.append((f"group_{g + 1}", nn.Sequential(OrderedDict(layers))))
+    groups.append(("output", nn.Sequential(OrderedDict([
+        *_preactivation(arch, n_in, 0, inplace=True),
+        ("conv", _conv(arch, n_in, n_out, 1)),
+    ]))))
+    return nn.Sequential(OrderedDict(groups))
 
 
 class Encoder(nn.Module):
@@ -258,25 +279,9 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
-        arch, G, R = cfg.architecture, cfg.num_groups, cfg.num_resblocks
-        kernels, div = _block_kernels(cfg, "encoder")
-        post_gain = 1 / (G * R) ** 2
-        widths = [cfg.hidden_dim * 2**g for g in range(G)]  # (1, 2, 4, 8) x n_hid for f = 8
-        groups: list[tuple[str, nn.Module]] = [("input", _conv(arch, cfg.channels, widths[0], 7 if arch == "openai" else 3))]
-        n_in = widths[0]
-        for g, w in enumerate(widths):
-            layers: list[tuple[str, nn.Module]] = []
-            for r in range(R):
-                layers.append((f"block_{r + 1}", ResBlock(arch, n_in, w, kernels, w // div, post_gain)))
-                n_in = w
-            if g < G - 1:
-                layers.append(("pool", nn.MaxPool2d(kernel_size=2)))
-            groups.append((f"group_{g + 1}", nn.Sequential(OrderedDict(layers))))
-        groups.append(("output", nn.Sequential(OrderedDict([
-            *_preactivation(arch, n_in, 0, inplace=True),
-            ("conv", _conv(arch, n_in, cfg.num_tokens, 1)),
-        ]))))
-        self.blocks = nn.Sequential(OrderedDict(groups))
+        widths = [cfg.hidden_dim * 2**g for g in range(cfg.num_groups)]  # (1, 2, 4, 8) x n_hid for f = 8
+        input_conv = _conv(cfg.architecture, cfg.channels, widths[0], 7 if cfg.architecture == "openai" else 3)
+        self.blocks = _blocks(cfg, "encoder", input_conv, widths[0], widths, cfg.num_tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -291,26 +296,10 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: DVAEConfig):
         super().__init__()
-        arch, G, R = cfg.architecture, cfg.num_groups, cfg.num_resblocks
-        kernels, div = _block_kernels(cfg, "decoder")
-        post_gain = 1 / (G * R) ** 2
-        widths = [cfg.hidden_dim * 2**g for g in reversed(range(G))]  # (8, 4, 2, 1) x n_hid for f = 8
+        widths = [cfg.hidden_dim * 2**g for g in reversed(range(cfg.num_groups))]  # (8, 4, 2, 1) x n_hid for f = 8
         out_channels = 2 * cfg.channels if cfg.loss == "logit_laplace" else cfg.channels
-        groups: list[tuple[str, nn.Module]] = [("input", _conv(arch, cfg.num_tokens, cfg.codebook_dim, 1))]
-        n_in = cfg.codebook_dim
-        for g, w in enumerate(widths):
-            layers: list[tuple[str, nn.Module]] = []
-            for r in range(R):
-                layers.append((f"block_{r + 1}", ResBlock(arch, n_in, w, kernels, w // div, post_gain)))
-                n_in = w
-            if g < G - 1:
-                layers.append(("upsample", nn.Upsample(scale_factor=2, mode="nearest")))
-            groups.append((f"group_{g + 1}", nn.Sequential(OrderedDict(layers))))
-        groups.append(("output", nn.Sequential(OrderedDict([
-            *_preactivation(arch, n_in, 0, inplace=True),
-            ("conv", _conv(arch, n_in, out_channels, 1)),
-        ]))))
-        self.blocks = nn.Sequential(OrderedDict(groups))
+        input_conv = _conv(cfg.architecture, cfg.num_tokens, cfg.codebook_dim, 1)
+        self.blocks = _blocks(cfg, "decoder", input_conv, cfg.codebook_dim, widths, out_channels)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return self.forward_embedded(self.blocks.input(codes))

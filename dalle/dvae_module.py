@@ -73,13 +73,30 @@ class DVAEModule(pl.LightningModule):
     """Trains :class:`~dalle.dvae.DiscreteVAE`. Model options are ``DiscreteVAE``'s; see that class.
 
     Args:
+        architecture: 'dalle' (this project's compact encoder/decoder) or 'openai' (the layout of OpenAI's released
+            dall_e dVAE, so its converted weights load).
+        image_size: side of the square training images, in pixels (divisible by downsample).
+        channels: image channels (3 for RGB).
+        num_tokens: codebook size K: how many distinct image tokens the dVAE has.
+        downsample: f, one token per f x f pixels (2, 4, 8 or 16): the token grid is image_size / f on a side.
+        hidden_dim: width of the first encoder group, doubled per group (OpenAI's n_hid).
+        num_resblocks: residual blocks per group (OpenAI's n_blk_per_group).
+        codebook_dim: width of the decoder's token embedding (OpenAI's n_init).
+        loss: reconstruction loss: 'logit_laplace' (the paper's) or 'mse'.
+        straight_through: hard one-hot codes in the forward pass, gumbel-softmax gradients in the backward pass.
         init_weights: a ``save_pretrained`` directory or ``.safetensors`` file to start from (fine-tuning,
             e.g. OpenAI's converted dVAE). Its shapes must match the model options.
-        lr, lr_end: cosine learning-rate schedule from ``lr`` to ``lr_end`` over all training steps,
+        lr: peak learning rate of the cosine schedule from ``lr`` to ``lr_end`` over all training steps,
             after ``warmup_steps`` of linear warm-up.
-        temperature_start, temperature_end, temperature_steps: cosine schedule of the gumbel-softmax
-            temperature; ``temperature_steps=None`` spreads it over all training steps.
-        kl_weight, kl_warmup_steps: beta goes 0 -> ``kl_weight`` (cosine) over ``kl_warmup_steps``.
+        lr_end: learning rate at the end of the cosine schedule.
+        warmup_steps: optimizer steps of linear learning-rate warm-up (0: none).
+        weight_decay: AdamW weight decay of the weight matrices (norms and biases get none).
+        betas: AdamW betas.
+        temperature_start: gumbel-softmax temperature at the first step (cosine schedule to temperature_end).
+        temperature_end: gumbel-softmax temperature at the end of its schedule.
+        temperature_steps: length of the temperature schedule in steps; None spreads it over all training steps.
+        kl_weight: target weight beta of the KL term; beta goes 0 -> ``kl_weight`` (cosine) over ``kl_warmup_steps``.
+        kl_warmup_steps: steps over which the KL weight rises from 0 to kl_weight.
         collapse_threshold: warn (``CodebookCollapseWarning``) when fewer than this fraction of codes is used.
         num_recon_images: images in the per-validation-epoch reconstruction grid (input | reconstruction).
         export_dir: where ``save_pretrained`` writes the trained dVAE at the end of ``fit``
@@ -284,18 +301,13 @@ class DVAEModule(pl.LightningModule):
 
 def fit_vae_main(args: list[str]) -> None:
     """``python -m dalle fit-vae [LightningCLI options]``: ``fit`` for :class:`DVAEModule` with any datamodule."""
-    import sys
-
     from core_attention.training import cli_main
 
-    argv, sys.argv = sys.argv, ["python -m dalle fit-vae"]  # the args below are the whole command line
-    try:
-        cli_main(
-            DVAEModule,
-            pl.LightningDataModule,
-            args=["fit", *args],
-            subclass_mode_data=True,
-            description="Train DALL·E's discrete VAE (stage 1).",
-        )
-    finally:
-        sys.argv = argv
+    cli_main(
+        DVAEModule,
+        pl.LightningDataModule,
+        args=["fit", *args],
+        subclass_mode_data=True,
+        description="Train DALL·E's discrete VAE (stage 1).",
+        prog="python -m dalle fit-vae",
+    )

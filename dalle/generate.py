@@ -311,7 +311,7 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num-images", type=int, default=8, help="images per prompt (default 8)")
     p.add_argument("--out", default="grid.png", help="grid PNG path (default grid.png); single images go to <out stem>/")
     p.add_argument("--individual-dir", default=None, help="folder for the single images (default: <out stem>/)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0; below 1 is more conservative; default 1)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: no filter)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the most likely tokens up to this mass")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off; 2-4 typical, with --top-p 0.9)")
@@ -325,7 +325,7 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", default=None, help="reranker 'module:function' scoring (prompts, images) -> scores")
     p.add_argument("--rerank-checkpoint", default=None, help="if given, --rerank names a factory called with this path")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow; for checking)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device to generate on (default: cuda when available, else cpu)")
     p.add_argument("--bf16", action="store_true", help="run the transformer in bfloat16")
     return p
 

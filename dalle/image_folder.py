@@ -9,10 +9,10 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from .caption_data import IMAGE_EXTENSIONS, image_transform, open_image
+from .datamodules import dataloader, holdout_split
 
 __all__ = ["ImageFiles", "ImageFolderDataModule"]
 
@@ -46,7 +46,17 @@ class ImageFiles(Dataset):
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
-    """Images under ``train_dir`` (and ``val_dir``, or a seeded ``val_fraction`` of ``train_dir``)."""
+    """Images under ``train_dir`` (and ``val_dir``, or a seeded ``val_fraction`` of ``train_dir``).
+
+    Args:
+        train_dir: folder of training images, searched recursively (flat, or ImageFolder-style class sub-folders).
+        val_dir: a separate folder of validation images; None holds out val_fraction of train_dir.
+        image_size: side of the square images: the shorter side is resized to it, then the centre cropped.
+        batch_size: images per batch (per process under DDP).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        val_fraction: share of train_dir held out for validation when val_dir is None (0 disables validation).
+        seed: seed of the held-out split (every rank and every run holds out the same images).
+    """
 
     def __init__(
         self,
@@ -73,21 +83,15 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if hp.val_dir is not None:
             self.train_set, self.val_set = files, ImageFiles(hp.val_dir, hp.image_size)
             return
-        num_val = max(1, round(len(files) * hp.val_fraction)) if hp.val_fraction > 0 and len(files) > 1 else 0
-        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(hp.seed)).tolist()
-        self.train_set = Subset(files, sorted(order[num_val:]))
-        self.val_set = Subset(files, sorted(order[:num_val])) if num_val else None
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(dataset, batch_size=hp.batch_size, shuffle=shuffle, num_workers=hp.num_workers,
-                          drop_last=shuffle and len(dataset) >= hp.batch_size,
-                          persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
+        self.train_set, self.val_set = holdout_split(files, hp.val_fraction, hp.seed)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_set, shuffle=True)
+        hp = self.hparams
+        return dataloader(self.train_set, hp.batch_size, hp.num_workers, shuffle=True,
+                          drop_last=len(self.train_set) >= hp.batch_size)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        hp = self.hparams
+        return dataloader(self.val_set, hp.batch_size, hp.num_workers) if self.val_set is not None else []

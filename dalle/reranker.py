@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from core_attention import Encoder, LearnedPositionalEmbedding, init_weights, key_padding_mask
-from core_attention.training import load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.training import adamw_warmup_cosine, load_safetensors, load_state_dict_checked, save_safetensors
 from vit import ViTConfig, VisionTransformer
 
 from .shapes import parse_caption
@@ -270,8 +269,7 @@ def load_reranker(path: str | Path, map_location: str | torch.device = "cpu") ->
     from tokenizers import Tokenizer
 
     model = ContrastiveReranker(RerankerConfig.from_dict(hp["config"]), BPETokenizer(Tokenizer.from_str(tok)))
-    weights = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    load_state_dict_checked(model, weights, source=f"checkpoint {path}")
+    load_state_dict_checked(model, ckpt["state_dict"], source=f"checkpoint {path}", prefix="model.")
     return model.eval()
 
 
@@ -402,16 +400,11 @@ class RerankerModule(pl.LightningModule):
             print(f"saved the reranker to {self.hparams.export_dir}" + (f" (val: {figures})" if figures else ""))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import CosineLRScheduler
-
         hp = self.hparams
-        opt = create_optimizer_v2(self.model, opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay, filter_bias_and_bn=True)
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = min(int(round(hp.warmup_fraction * total)), max(total - 1, 0))
-        sched = CosineLRScheduler(opt, t_initial=max(total - warmup, 1), lr_min=hp.min_lr, warmup_t=warmup,
-                                  warmup_lr_init=hp.lr * 0.01, warmup_prefix=True, t_in_epochs=False)  # fmt: skip
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        return adamw_warmup_cosine(
+            self.model, self.trainer.estimated_stepping_batches, lr=hp.lr, min_lr=hp.min_lr,
+            weight_decay=hp.weight_decay, warmup_lr=hp.lr * 0.01, warmup_fraction=hp.warmup_fraction,
+        )  # fmt: skip
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         scheduler.step_update(num_updates=self.global_step)
@@ -434,10 +427,7 @@ def fit_reranker_main(args: list[str]) -> None:
     """``python -m dalle fit-reranker [LightningCLI options]``: fit, then test the fitted weights."""
     from core_attention.training import cli_main
 
-    argv, sys.argv = sys.argv, ["python -m dalle fit-reranker"]
-    try:
-        cli = cli_main(RerankerModule, pl.LightningDataModule, ["fit", *args], subclass_mode_data=True, description=DESCRIPTION)
-        if cli.datamodule is not None and hasattr(cli.datamodule, "test_dataloader"):
-            cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=True)
-    finally:
-        sys.argv = argv
+    cli = cli_main(RerankerModule, pl.LightningDataModule, ["fit", *args], subclass_mode_data=True, description=DESCRIPTION,
+                   prog="python -m dalle fit-reranker")  # fmt: skip
+    if cli.datamodule is not None and hasattr(cli.datamodule, "test_dataloader"):
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=True)

@@ -65,6 +65,9 @@ def test_caption_folder(tmp_path):
     assert ds.captions_of(ds.paths.index(tmp_path / "data" / "rgba.png")) == ["a red half", "second caption line"]
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 3, 24, 24) and len(batch["caption"]) == 4
+    assert len(list(ds)) == good  # plain iteration ends: an index past the end raises IndexError
+    with pytest.raises(IndexError, match="out of range"):
+        ds[good]
 
 
 def test_caption_folder_load_time_failure_is_replaced(tmp_path):

@@ -156,7 +156,7 @@ def test_short_training_reaches_quality_bar(tmp_path) -> None:
 
     module = DVAEModule(**REDUCED_MODEL)
     trainer = _trainer(tmp_path, max_steps=REDUCED_STEPS, max_epochs=-1, val_check_interval=None,
-                       check_val_every_n_epoch=None, limit_val_batches=0, precision="bf16-mixed",
+                       check_val_every_n_epoch=None, limit_val_batches=0, precision="32-true",
                        gradient_clip_val=1.0)
     start = time.perf_counter()
     trainer.fit(module, datamodule=Images())

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from core_attention.training import adamw_warmup_cosine, load_checkpoint, load_state_dict_checked
+
 from .model import ViTConfig, VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -274,25 +276,12 @@ class ViTClassifier(pl.LightningModule):
     # ---- optimisation ----------------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import CosineLRScheduler
-
         hp = self.hparams
-        opt = create_optimizer_v2(
-            self.model, opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas),
-            layer_decay=hp.layer_decay, filter_bias_and_bn=True,
+        return adamw_warmup_cosine(
+            self.model, self.trainer.estimated_stepping_batches, lr=hp.lr, min_lr=hp.min_lr,
+            weight_decay=hp.weight_decay, warmup_lr=hp.warmup_lr, warmup_steps=hp.warmup_steps,
+            warmup_fraction=hp.warmup_fraction, betas=tuple(hp.betas), layer_decay=hp.layer_decay,
         )  # fmt: skip
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError("the LR schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
-        total = int(total)
-        warmup = int(round(hp.warmup_fraction * total)) if hp.warmup_fraction is not None else hp.warmup_steps
-        warmup = min(warmup, max(total - 1, 0))
-        sched = CosineLRScheduler(
-            opt, t_initial=max(total - warmup, 1), lr_min=hp.min_lr, warmup_t=warmup, warmup_lr_init=hp.warmup_lr,
-            warmup_prefix=True, t_in_epochs=False,
-        )  # fmt: skip
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         scheduler.step_update(num_updates=self.global_step)
@@ -311,8 +300,6 @@ def load_classifier(path: str | Path, *, ema: bool = True) -> VisionTransformer:
 
     Lightning checkpoints are read with `weights_only=True`; EMA weights are used when the run kept them and `ema`.
     """
-    from core_attention.training import load_checkpoint, load_state_dict_checked
-
     path = Path(path)
     if path.is_dir() or path.suffix == ".safetensors":
         return VisionTransformer.from_pretrained(path)
@@ -325,8 +312,7 @@ def load_classifier(path: str | Path, *, ema: bool = True) -> VisionTransformer:
     model = VisionTransformer.from_config(arch)
     sd = ckpt["state_dict"]
     prefix = "ema.module." if ema and any(k.startswith("ema.module.") for k in sd) else "model."
-    weights = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-    load_state_dict_checked(model, weights, source=f"checkpoint {path}")
+    load_state_dict_checked(model, sd, source=f"checkpoint {path}", prefix=prefix)
     model.pretrained_cfg = dict(ckpt.get("pretrained_cfg", {}))
     if "class_names" in ckpt:
         model.pretrained_cfg["class_names"] = list(ckpt["class_names"])

@@ -62,7 +62,17 @@ def collate(pairs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 
 
 class ReverseDigitsDataModule(pl.LightningDataModule):
-    """Train on random strings; validate and test on disjoint held-out strings."""
+    """Train on random strings; validate and test on disjoint held-out strings.
+
+    Args:
+        min_len: Shortest digit string.
+        max_len: Longest digit string.
+        num_train: Training strings (random, none of them a validation or test string).
+        num_val: Held-out validation strings (at least 4 digits long, so training still sees every length).
+        num_test: Held-out test strings (distinct, at least 4 digits long like the validation ones).
+        batch_size: Training pairs per batch.
+        seed: Seed of the random strings (validation and test use seed + 1 and seed + 2).
+    """
 
     def __init__(
         self,
@@ -97,7 +107,19 @@ class ReverseDigitsDataModule(pl.LightningDataModule):
 
 
 class Seq2SeqModule(pl.LightningModule):
-    """Cross-entropy with teacher forcing; AdamW with linear warmup and cosine decay."""
+    """Cross-entropy with teacher forcing; AdamW with linear warmup and cosine decay.
+
+    Args:
+        dim: Model width of the encoder and decoder.
+        num_layers: Blocks in the encoder and, as many, in the decoder.
+        num_heads: Attention heads per block (dim must be divisible by it).
+        dropout: Dropout on the embeddings, after each attention output projection and in the MLPs.
+        lr: Peak AdamW learning rate, after warmup_steps of linear warmup, then cosine decay per step.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Optimizer steps of linear learning-rate warmup.
+        max_positions: Longest source or target sequence the sinusoidal position table covers (tokens).
+        beam_size: Beam width of decoding in validation, test and `reverse` (1 = greedy).
+    """
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ Imports Lightning; `import core_attention` alone does not import this subpackage
 from .callbacks import CompileBlocks, FiniteLossGuard
 from .checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from .cli import VitDalleCLI, cli_main
+from .optim import adamw_warmup_cosine
 from .strategies import TransformerFSDPStrategy
 from .weights import load_safetensors, load_state_dict_checked, save_safetensors
 
@@ -15,6 +16,7 @@ __all__ = [
     "FiniteLossGuard",
     "TransformerFSDPStrategy",
     "VitDalleCLI",
+    "adamw_warmup_cosine",
     "cli_main",
     "load_checkpoint",
     "load_safetensors",

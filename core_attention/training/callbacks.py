@@ -29,7 +29,13 @@ class FiniteLossGuard(Callback):
 class CompileBlocks(Callback):
     """`torch.compile` every core_attention `TransformerBlock` in place before fitting (regional compilation:
     each block compiles once and is reused, so start-up stays short). Enable with
-    `--trainer.callbacks+=core_attention.training.CompileBlocks`."""
+    `--trainer.callbacks+=core_attention.training.CompileBlocks`.
+
+    Args:
+        backend: torch.compile backend ('inductor' generates fused kernels; 'eager' only traces, for debugging).
+        mode: torch.compile mode: None (default), 'reduce-overhead' (CUDA graphs) or 'max-autotune'.
+        dynamic: compile for dynamic shapes: True, False, or None to let torch decide after a shape changes.
+    """
 
     def __init__(self, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = None) -> None:
         self.backend, self.mode, self.dynamic = backend, mode, dynamic

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytorch_lightning as pl
@@ -37,20 +38,30 @@ def cli_main(
     run: bool = True,
     description: str | None = None,
     trainer_defaults: dict[str, Any] | None = None,
+    prog: str | None = None,
 ) -> VitDalleCLI:
-    """Run `fit|validate|test|predict` for a model with the project's defaults. `args=None` reads sys.argv."""
+    """Run `fit|validate|test|predict` for a model with the project's defaults. `args=None` reads sys.argv.
+
+    `prog` names the command in help and errors (e.g. "python -m dalle fit-vae") when `args` is its whole command line.
+    """
     defaults = {
         "callbacks": [FiniteLossGuard()],
         "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"}],
     }
     defaults.update(trainer_defaults or {})
-    return VitDalleCLI(
-        model_class,
-        datamodule_class,
-        subclass_mode_data=subclass_mode_data,
-        args=args,
-        run=run,
-        trainer_defaults=defaults,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": description} if description else None,
-    )
+    argv = sys.argv
+    if prog is not None:
+        sys.argv = [prog]  # LightningCLI takes its name from sys.argv[0], and warns when sys.argv has args besides `args`
+    try:
+        return VitDalleCLI(
+            model_class,
+            datamodule_class,
+            subclass_mode_data=subclass_mode_data,
+            args=args,
+            run=run,
+            trainer_defaults=defaults,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": description} if description else None,
+        )
+    finally:
+        sys.argv = argv

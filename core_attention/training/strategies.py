@@ -15,6 +15,15 @@ class TransformerFSDPStrategy(FSDPStrategy):
     Select it from a config or the command line:
         --trainer.strategy=core_attention.training.TransformerFSDPStrategy
         --trainer.strategy.activation_checkpointing=true
+
+    Args:
+        activation_checkpointing: Recompute every `TransformerBlock`'s activations in the backward pass instead of
+            storing them (less memory, about a third more compute).
+        sharding_strategy: What FSDP shards: 'FULL_SHARD' (parameters, gradients and optimizer states),
+            'SHARD_GRAD_OP' (gradients and optimizer states), 'NO_SHARD' (like DDP) or 'HYBRID_SHARD' (full sharding
+            within a node, replication across nodes).
+        state_dict_type: 'full' (one checkpoint file assembled on rank 0) or 'sharded' (a folder, one file per rank).
+        **kwargs: Any other `FSDPStrategy` argument (`cpu_offload`, `mixed_precision`, `device_mesh`, ...).
     """
 
     def __init__(

@@ -36,8 +36,16 @@ def load_safetensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, T
     return state_dict, json.loads(metadata.get("config", "{}"))
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str = "checkpoint") -> None:
-    """`load_state_dict(strict=True)` whose error lists missing/unexpected keys and shape mismatches by name."""
+def load_state_dict_checked(
+    model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str = "checkpoint", prefix: str = ""
+) -> None:
+    """`load_state_dict(strict=True)` whose error lists missing/unexpected keys and shape mismatches by name.
+
+    With a `prefix` only the entries under it load, with it removed: `prefix="model."` reads a LightningModule's
+    `self.model` out of its checkpoint's state_dict.
+    """
+    if prefix:
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
