@@ -376,18 +376,13 @@ def load_pipeline(path: str | os.PathLike, map_location: str | torch.device = "c
 
 def fit_main(args: list[str]) -> None:
     """``python -m dalle fit --config configs/dalle/shapes.yaml [LightningCLI options]``."""
-    import sys
-
     from core_attention.training import cli_main
 
-    argv, sys.argv = sys.argv, ["python -m dalle fit"]
-    try:
-        cli_main(
-            DALLEModule,
-            pl.LightningDataModule,
-            args=["fit", *args],
-            subclass_mode_data=True,
-            description="Train DALL·E's text-to-image transformer (stage 2) on top of a trained dVAE.",
-        )
-    finally:
-        sys.argv = argv
+    cli_main(
+        DALLEModule,
+        pl.LightningDataModule,
+        args=["fit", *args],
+        subclass_mode_data=True,
+        description="Train DALL·E's text-to-image transformer (stage 2) on top of a trained dVAE.",
+        prog="python -m dalle fit",
+    )

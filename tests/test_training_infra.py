@@ -18,6 +18,7 @@ from core_attention.training import (
     AtomicCheckpointIO,
     CompileBlocks,
     FiniteLossGuard,
+    TrainingCurves,
     TransformerFSDPStrategy,
     cli_main,
     load_checkpoint,
@@ -115,6 +116,28 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path):
         trainer.fit(module, ReverseDigitsDataModule(num_train=640, num_val=4, num_test=4, batch_size=8))
     for k, v in module.state_dict().items():
         assert torch.equal(v, snapshot[k]) and torch.isfinite(v).all(), k
+
+
+def test_training_curves_plot_every_logged_metric(tmp_path):
+    curves = TrainingCurves()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=12, val_check_interval=6, limit_val_batches=1, log_every_n_steps=2,
+                         callbacks=[curves], enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(Seq2SeqModule(dim=16, num_layers=1, warmup_steps=1), ReverseDigitsDataModule(num_train=256, num_val=8, num_test=4, batch_size=8))
+    png = Path(trainer.log_dir) / "curves.png"
+    assert png.is_file() and png.stat().st_size > 5000
+    from PIL import Image
+
+    assert Image.open(png).size[0] >= 400
+    train = [n for n in curves.history if n.startswith("train")]
+    assert train and any(n.startswith("val") for n in curves.history)
+    steps = [s for s, _ in curves.history[train[0]]]
+    assert steps == sorted(steps) and len(steps) >= 5  # every log_every_n_steps, once per step
+
+
+def test_cli_runs_get_the_default_callbacks():
+    cli = cli_main(Seq2SeqModule, ReverseDigitsDataModule, ["--config", str(REPO / "configs/seq2seq/reverse.yaml")], run=False)
+    kinds = {type(c) for c in cli.trainer.callbacks}
+    assert {FiniteLossGuard, TrainingCurves} <= kinds
 
 
 def fit_command(root: Path, max_steps: int, *extra: str) -> list[str]:

@@ -3,7 +3,7 @@
 Imports Lightning; `import core_attention` alone does not import this subpackage.
 """
 
-from .callbacks import CompileBlocks, FiniteLossGuard
+from .callbacks import CompileBlocks, FiniteLossGuard, TrainingCurves
 from .checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from .cli import VitDalleCLI, cli_main
 from .optim import adamw_warmup_cosine
@@ -14,6 +14,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CompileBlocks",
     "FiniteLossGuard",
+    "TrainingCurves",
     "TransformerFSDPStrategy",
     "VitDalleCLI",
     "adamw_warmup_cosine",

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from .callbacks import FiniteLossGuard
+from .callbacks import FiniteLossGuard, TrainingCurves
 from .checkpoint_io import AtomicCheckpointIO
 
 
@@ -45,7 +45,7 @@ def cli_main(
     `prog` names the command in help and errors (e.g. "python -m dalle fit-vae") when `args` is its whole command line.
     """
     defaults = {
-        "callbacks": [FiniteLossGuard()],
+        "callbacks": [FiniteLossGuard(), TrainingCurves()],
         "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}.{AtomicCheckpointIO.__name__}"}],
     }
     defaults.update(trainer_defaults or {})
