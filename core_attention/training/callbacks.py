@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytorch_lightning as pl
@@ -98,9 +99,7 @@ class TrainingCurves(Callback):
 
     def plot(self, folder: str) -> str:
         """Write the plot now; returns its path."""
-        import os
-
-        import matplotlib
+        import matplotlib  # only when a plot is drawn: keeps `import core_attention.training` light
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
