@@ -38,7 +38,7 @@ def test_demo_stages_budgets_and_reuse(tmp_path, monkeypatch, capsys) -> None:
     assert commands == [["vit", "fit"], ["vit", "test"], ["vit", "attention"], ["dalle", "fit-vae"], ["dalle", "fit"],
                         ["dalle", "generate"], ["dalle", "evaluate"]]  # fmt: skip
     by_name = {tuple(c[:2]): c for c in calls}
-    assert "--trainer.max_steps=1200" in by_name["dalle", "fit-vae"] and "--trainer.max_steps=600" in by_name["dalle", "fit"]
+    assert "--trainer.max_steps=1000" in by_name["dalle", "fit-vae"] and "--trainer.max_steps=450" in by_name["dalle", "fit"]
     assert f"--model.export_dir={out / 'dalle' / 'dalle'}" in by_name["dalle", "fit"]  # everything stays under --out
     assert f"--trainer.logger.init_args.save_dir={out / 'dvae'}" in by_name["dalle", "fit-vae"]
     for sampled in (by_name["dalle", "generate"], by_name["dalle", "evaluate"]):
