@@ -216,13 +216,27 @@ class DALLEModule(pl.LightningModule):
         saved = BPETokenizer(Tokenizer.from_str(checkpoint["tokenizer_json"]))
         if self.model is None:
             self._build(saved)
-        elif saved.tokenizer.to_str() != self.tokenizer.tokenizer.to_str():
-            if saved.vocab_size != self.tokenizer.vocab_size:
-                raise ValueError(
-                    f"the checkpoint's tokenizer (vocab {saved.vocab_size}) differs from the one built at setup (vocab "
-                    f"{self.tokenizer.vocab_size}): resume with --model.tokenizer_path pointing to the run's tokenizer.json"
-                )
-            self.tokenizer = saved  # same shapes: the checkpoint's tokenizer is the one its weights were trained with
+            return
+        if saved.tokenizer.to_str() == self.tokenizer.tokenizer.to_str():
+            return
+        # A resumed run whose data trained another tokenizer at setup (other captions, another train limit): the
+        # checkpoint's tokenizer is the one its weights were trained with, so the run goes on with it.
+        if saved.vocab_size == self.tokenizer.vocab_size:
+            self.tokenizer = saved
+        elif self._trainer is not None and self.trainer.optimizers:
+            raise ValueError(
+                f"the checkpoint's tokenizer (vocab {saved.vocab_size}) differs from the one built at setup (vocab "
+                f"{self.tokenizer.vocab_size}) and the model is already being optimised: give the run's tokenizer.json "
+                "as model.tokenizer_path"
+            )
+        else:  # still before the optimizers exist: rebuild at the checkpoint's vocabulary, its weights load next
+            rank_zero_info(f"resuming with the checkpoint's tokenizer (vocab {saved.vocab_size}), not the one trained at "
+                           f"setup (vocab {self.tokenizer.vocab_size})")  # fmt: skip
+            self._build(saved)
+        if self._trainer is not None:
+            log_dir = self._log_dir()  # a collective: every rank calls it
+            if self.trainer.is_global_zero:
+                self.tokenizer.save(Path(log_dir) / "tokenizer.json")
 
     # ------------------------------------------------------------------------------------------ steps
 

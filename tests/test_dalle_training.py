@@ -89,6 +89,13 @@ def test_fit_checkpoint_and_generation_from_checkpoint_alone(vae_dir, tmp_path) 
     resumed = tiny_module(vae_dir)
     trainer(tmp_path / "resume", max_steps=6).fit(resumed, shapes(), ckpt_path=ckpt_path)
     assert resumed.tokenizer.tokenizer.to_str() == tokenizer.tokenizer.to_str() and resumed.global_step == 6
+    # ... also when the resumed run trains another tokenizer at setup: other captions, another vocabulary size
+    other = tiny_module(vae_dir, tokenizer_vocab_size=150)
+    again = trainer(tmp_path / "other_data", max_steps=6)
+    again.fit(other, shapes(max_shapes=2, seed=1), ckpt_path=ckpt_path)
+    assert other.tokenizer.tokenizer.to_str() == tokenizer.tokenizer.to_str() and other.global_step == 6
+    assert other.model.config.text_vocab_size == tokenizer.vocab_size
+    assert BPETokenizer.load(Path(again.log_dir) / "tokenizer.json").tokenizer.to_str() == tokenizer.tokenizer.to_str()
 
 
 def test_given_tokenizer_and_caption_dropout(vae_dir, tmp_path) -> None:
