@@ -21,11 +21,11 @@ from dalle.datamodules import ShapesDataModule
 from dalle.dvae_module import DVAEModule
 from dalle.evaluate import evaluate, format_table
 from dalle.module import DALLEModule
+from test_dvae_training import REDUCED_MODEL  # tests/ is on sys.path (conftest.py)
 
 IMAGE_SIZE = 16
-# configs/dalle/shapes_vae.yaml with a 256-code book, trained on 16 px scenes of one or two shapes.
-DVAE = dict(image_size=IMAGE_SIZE, num_tokens=256, downsample=2, hidden_dim=32, num_resblocks=1, codebook_dim=64,
-            loss="mse", straight_through=True, lr=3e-3, lr_end=1e-5, kl_weight=0.01, kl_warmup_steps=100)  # fmt: skip
+# The reduced dVAE recipe of test_dvae_training.py with a 256-code book, trained on 16 px scenes of one or two shapes.
+DVAE = {**REDUCED_MODEL, "image_size": IMAGE_SIZE, "num_tokens": 256}
 DVAE_STEPS = 1600  # colours separate late: 800 steps kept one colour for every shape
 # configs/dalle/shapes.yaml at dim 64 and depth 2 (0.17M parameters), over 16 + 64 positions.
 DALLE = dict(tokenizer_vocab_size=512, tokenizer_train_limit=5000, text_seq_len=16, dim=64, depth=2, num_heads=4,
