@@ -111,6 +111,46 @@ def test_evaluate_trains_and_caches_a_missing_classifier(dalle_folder, tmp_path,
     assert code == 0 and "training one" not in printed
 
 
+def test_evaluate_with_a_reranker_scores_its_best_candidates(dalle_folder, tmp_path, capsys) -> None:
+    """`--reranker DIR --candidates C`: each prompt's images are the reranker's best of C candidates (the shipped
+    shapes figures are measured this way), and the report records which reranker and how many candidates."""
+    from dalle.evaluate import evaluate
+    from dalle.generate import generate_images
+    from dalle.module import load_pipeline
+    from dalle.reranker import ContrastiveReranker, RerankerConfig, load_reranker
+    from dalle.tokenizer import BPETokenizer
+    from vit import ViTConfig
+
+    torch.manual_seed(0)
+    image_arch = ViTConfig(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False, embed_dim=16,
+                           depth=1, num_heads=2, mlp_ratio=2.0)  # fmt: skip
+    config = RerankerConfig(text_vocab_size=200, text_seq_len=24, text_dim=16, text_depth=1, text_heads=2,
+                            image_arch=image_arch, embed_dim=16)  # fmt: skip
+    tokenizer = BPETokenizer.train(ShapesDataset("train", 300, 16).iter_captions(), vocab_size=200)
+    ContrastiveReranker(config, tokenizer).save_pretrained(tmp_path / "rr")
+    AttributeClassifier(dict(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False,
+                             embed_dim=16, depth=1, num_heads=2)).save_pretrained(tmp_path / "clf")  # fmt: skip
+    args = ["--checkpoint", str(dalle_folder), "--classifier", str(tmp_path / "clf"), "--num-prompts", "3",
+            "--images-per-prompt", "2", "--reranker", str(tmp_path / "rr"), "--candidates", "5", "--out", str(tmp_path / "eval")]  # fmt: skip
+    code, _ = run_evaluate(args, capsys)
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["reranker"] == str(tmp_path / "rr") and report["settings"]["candidates"] == 5
+    assert report["held_out"]["num_images"] == 6
+
+    model, dalle_tokenizer, vae = load_pipeline(dalle_folder)
+    reranker = load_reranker(tmp_path / "rr")
+    classifier = AttributeClassifier.from_pretrained(tmp_path / "clf")
+    kept = evaluate(model, dalle_tokenizer, vae, classifier, num_prompts=3, images_per_prompt=2, candidates=5,
+                    rerank=reranker.score, splits=("held_out",), seed=1)["held_out"]  # fmt: skip
+    prompts = kept["prompts"]
+    assert kept["accuracy"] == report["held_out"]["accuracy"]  # the CLI ran the same evaluation
+    every = generate_images(model, dalle_tokenizer, vae, prompts, num_images=5, seed=1).images  # (3, 5, 3, H, W)
+    scores = reranker.score([p for p in prompts for _ in range(5)], every.flatten(0, 1)).view(3, 5)
+    best = scores.topk(2, dim=1).indices  # (3, 2)
+    torch.testing.assert_close(kept["images"], torch.stack([every[i, best[i]] for i in range(3)]))
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
