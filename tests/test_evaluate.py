@@ -117,17 +117,13 @@ def test_evaluate_with_a_reranker_scores_its_best_candidates(dalle_folder, tmp_p
     from dalle.evaluate import evaluate
     from dalle.generate import generate_images
     from dalle.module import load_pipeline
-    from dalle.reranker import ContrastiveReranker, RerankerConfig, load_reranker
+    from dalle.reranker import ContrastiveReranker, load_reranker
     from dalle.tokenizer import BPETokenizer
-    from vit import ViTConfig
+    from test_reranker import tiny_config  # tests/ is on sys.path (conftest.py)
 
     torch.manual_seed(0)
-    image_arch = ViTConfig(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False, embed_dim=16,
-                           depth=1, num_heads=2, mlp_ratio=2.0)  # fmt: skip
-    config = RerankerConfig(text_vocab_size=200, text_seq_len=24, text_dim=16, text_depth=1, text_heads=2,
-                            image_arch=image_arch, embed_dim=16)  # fmt: skip
     tokenizer = BPETokenizer.train(ShapesDataset("train", 300, 16).iter_captions(), vocab_size=200)
-    ContrastiveReranker(config, tokenizer).save_pretrained(tmp_path / "rr")
+    ContrastiveReranker(tiny_config(), tokenizer).save_pretrained(tmp_path / "rr")
     AttributeClassifier(dict(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False,
                              embed_dim=16, depth=1, num_heads=2)).save_pretrained(tmp_path / "clf")  # fmt: skip
     args = ["--checkpoint", str(dalle_folder), "--classifier", str(tmp_path / "clf"), "--num-prompts", "3",

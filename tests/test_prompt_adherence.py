@@ -74,7 +74,7 @@ def test_reduced_shapes_recipe_follows_prompts(tmp_path) -> None:
     settings = dict(num_prompts=24, images_per_prompt=2, guidance_scale=3.0, top_p=0.9)
     single = evaluate(module.model.eval(), module.tokenizer, module.vae, classifier, **settings)
     reranked = evaluate(module.model, module.tokenizer, module.vae, classifier, candidates=CANDIDATES,
-                      rerank=reranker.model.eval().score, **settings)  # fmt: skip
+                        rerank=reranker.model.eval().score, **settings)  # fmt: skip
     print("single samples:\n" + format_table(single))
     print(f"best 2 of {CANDIDATES} candidates:\n" + format_table(reranked))
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
