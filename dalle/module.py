@@ -184,6 +184,10 @@ class DALLEModule(pl.LightningModule):
             text = tokenizer.tokenizer.to_str()
         text = self.trainer.strategy.broadcast(text, src=0)  # every rank gets rank 0's tokenizer
         self._build(BPETokenizer(Tokenizer.from_str(text)))
+        self._save_tokenizer()
+
+    def _save_tokenizer(self) -> None:
+        """The run's tokenizer.json in the log dir, next to its logs (every rank calls this: _log_dir is a collective)."""
         log_dir = self._log_dir()
         if self.trainer.is_global_zero:
             self.tokenizer.save(Path(log_dir) / "tokenizer.json")
@@ -234,9 +238,7 @@ class DALLEModule(pl.LightningModule):
                            f"setup (vocab {self.tokenizer.vocab_size})")  # fmt: skip
             self._build(saved)
         if self._trainer is not None:
-            log_dir = self._log_dir()  # a collective: every rank calls it
-            if self.trainer.is_global_zero:
-                self.tokenizer.save(Path(log_dir) / "tokenizer.json")
+            self._save_tokenizer()
 
     # ------------------------------------------------------------------------------------------ steps
 
