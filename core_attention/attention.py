@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import KVCache
+from .layers import Linear, linear
 from .masks import causal_mask
 from .positions import apply_rotary
 
@@ -28,6 +29,9 @@ def attend(
     for backward); the eager path materialises the weights and returns them. Same numbers either way.
     """
     if fused and not return_weights:
+        # The CPU flash kernel needs unit-stride head dims (a decoding step's `linear` output is a transposed view);
+        # without them SDPA silently takes its slower math path.
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=q.shape[1] != k.shape[1]
         )
@@ -78,25 +82,25 @@ class MultiHeadAttention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = dim // num_heads
         self.fused_attn = True
-        self.qkv = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=qkv_bias)
+        self.qkv = Linear(dim, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _project_q(self, x: Tensor) -> Tensor:
         b, lq, _ = x.shape
         w_q = self.qkv.weight[: self.num_heads * self.head_dim]
         b_q = self.qkv.bias[: self.num_heads * self.head_dim] if self.qkv.bias is not None else None
-        return self.q_norm(F.linear(x, w_q, b_q).view(b, lq, self.num_heads, self.head_dim).transpose(1, 2))
+        return self.q_norm(linear(x, w_q, b_q).view(b, lq, self.num_heads, self.head_dim).transpose(1, 2))
 
     def _project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         b, lk, _ = context.shape
         n_q = self.num_heads * self.head_dim
         w_kv = self.qkv.weight[n_q:]
         b_kv = self.qkv.bias[n_q:] if self.qkv.bias is not None else None
-        kv = F.linear(context, w_kv, b_kv).view(b, lk, 2 * self.num_kv_heads, self.head_dim).transpose(1, 2)
+        kv = linear(context, w_kv, b_kv).view(b, lk, 2 * self.num_kv_heads, self.head_dim).transpose(1, 2)
         k, v = kv.split([self.num_kv_heads, self.num_kv_heads], dim=1)  # (B, Hkv, Lk, D)
         return self.k_norm(k), v
 

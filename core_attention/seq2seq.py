@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .masks import key_padding_mask
 from .positions import SinusoidalPositionalEncoding
 from .stacks import Decoder, Encoder
-from .layers import init_weights
+from .layers import Linear, init_weights
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -44,7 +44,7 @@ class Seq2SeqTransformer(nn.Module):
         stack = dict(num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
         self.encoder = Encoder(dim, num_encoder_layers, **stack)
         self.decoder = Decoder(dim, num_decoder_layers, cross_attention=True, **stack)
-        self.head = nn.Linear(dim, tgt_vocab_size, bias=False)
+        self.head = Linear(dim, tgt_vocab_size, bias=False)
         self.apply(init_weights)
         if tie_embeddings:
             self.head.weight = self.tgt_embed.weight

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_attention import Decoder, LearnedPositionalEmbedding, dalle_mask, init_weights
+from core_attention import Decoder, LearnedPositionalEmbedding, Linear, dalle_mask, init_weights
 
 from .generate import check_sampling_args, sample_logits
 
@@ -136,8 +136,8 @@ class DALLE(nn.Module):
             cross_attention=False, mlp_ratio=c.mlp_ratio, num_kv_heads=c.num_kv_heads, qk_norm=c.qk_norm,
             dropout=c.dropout, attn_drop=c.attn_drop, drop_path_rate=c.drop_path_rate,
         )  # fmt: skip
-        self.text_head = nn.Linear(c.dim, c.text_vocab_size)
-        self.image_head = nn.Linear(c.dim, c.image_vocab_size)
+        self.text_head = Linear(c.dim, c.text_vocab_size)
+        self.image_head = Linear(c.dim, c.image_vocab_size)
 
         # One (L, L) mask per sparse kind in use; "full" layers pass None and take SDPA's causal path.
         # Built over the full [<bos> | text | image] grid and cut to the input length L = T + N (last token dropped).

@@ -145,3 +145,64 @@ def test_bad_input_errors_name_the_shapes():
         attn(torch.randn(B, L, DIM), mask=torch.ones(L, L, dtype=torch.long))
     with pytest.raises(ValueError, match="either is_causal=True or an explicit mask"):
         attn(torch.randn(B, L, DIM), mask=causal_mask(L), is_causal=True)
+
+
+# ---------------------------------------------------------------------------------------------------- Linear
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (4, 64), (4, 1, 64), (2, 3, 64), (16, 64)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_decoding_path_matches_f_linear(shape, bias):
+    from core_attention import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(64, 96, bias=bias)
+    x = torch.randn(shape, requires_grad=True)
+    out = layer(x)
+    ref = nn.functional.linear(x, layer.weight, layer.bias)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if x.numel() > 64:  # more than one row: the (W xᵀ)ᵀ product ran, and its result is a transposed view
+        assert not out.is_contiguous()
+    grads = torch.autograd.grad(out.square().sum(), (x, layer.weight))
+    refs = torch.autograd.grad(ref.square().sum(), (x, layer.weight))
+    for g, r in zip(grads, refs):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+    # The transposed view feeds the next layer as it is (the next linear copies it to rows).
+    head = Linear(96, 8)
+    torch.testing.assert_close(head(out), nn.functional.linear(ref, head.weight, head.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_is_nn_linear_and_leaves_other_inputs_to_f_linear():
+    from core_attention import Linear
+
+    layer = Linear(32, 48)
+    assert isinstance(layer, nn.Linear)
+    assert layer.state_dict().keys() == nn.Linear(32, 48).state_dict().keys()
+    many = torch.randn(17, 32)  # more rows than a decoding step: plain F.linear (contiguous result)
+    assert layer(many).is_contiguous()
+    torch.testing.assert_close(layer(many), nn.functional.linear(many, layer.weight, layer.bias))
+    half = layer.to(torch.bfloat16)
+    assert half(torch.randn(4, 32, dtype=torch.bfloat16)).is_contiguous()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert Linear(32, 48)(torch.randn(4, 32)).dtype == torch.bfloat16
+
+
+def test_attention_of_a_decoding_step_equals_a_contiguous_one():
+    # The projections of a one-token step come back as transposed views; attention (and SDPA's fused CPU kernel,
+    # which needs unit-stride head dims) must give the same result as for contiguous inputs.
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(64, 4).eval()
+    x = torch.randn(3, 1, 64)
+    context = torch.randn(3, 7, 64)
+    assert not attn.qkv(x).is_contiguous()
+    with torch.no_grad():
+        ref_self = nn.functional.scaled_dot_product_attention(*(t.contiguous() for t in attn._project_qkv(x)))
+        torch.testing.assert_close(attn(x), attn.proj(ref_self.transpose(1, 2).reshape(3, 1, 64)), atol=1e-6, rtol=1e-5)
+        with torch.profiler.profile() as prof:
+            attn(x)
+        assert not [e.key for e in prof.key_averages() if "attention_math" in e.key], "SDPA fell back to its math path"
+        attn.fused_attn = False
+        eager = attn(x, context)
+        attn.fused_attn = True
+        torch.testing.assert_close(attn(x, context), eager, atol=1e-6, rtol=1e-5)
