@@ -5,9 +5,14 @@
 
 Reference: 12 layers, dim 512, 8 heads x 64, text 32 tokens, 8 x 8 = 64 image tokens, text vocab 1000, image vocab 512,
 batch 4. Each row is the median of --repeats runs of one whole ``generate`` call (text prefill included). "Tokens"
-counts the images' tokens (batch x 64); with guidance each step runs 2 x batch rows. The "weights floor" is the time
-of the step's matrix products alone (every weight read once, batch rows at a time): no cached step can be faster
-on this machine, so tokens/s ÷ floor tokens/s says how much of the step is overhead.
+counts the images' tokens (batch x 64); with guidance each step runs 2 x batch rows.
+
+Two references are measured in the same run, interleaved with our runs so that the machine's drift hits all alike:
+- "F.linear": the same cached ``generate`` with the decoding-step product of ``core_attention.linear`` turned off
+  (``MAX_FAST_ROWS = 0``), i.e. every projection as ``F.linear``: what the step costs without it.
+- "read floor": the time to read every weight once (a sum over each weight tensor). A cached step reads all the
+  weights, so no implementation can beat it on this machine; cached tok/s ÷ floor tok/s is how close we are.
+  "products" is the step's matrix products alone, as ``linear`` runs them: the rest of the step is overhead.
 
 Threads: torch's default (all cores) unless OMP_NUM_THREADS / --threads says otherwise. Other processes on the
 machine change the figures a lot (and with more threads than idle cores, a lot more): the load average is printed;
@@ -23,11 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import core_attention.layers as layers  # noqa: E402
 from dalle.model import DALLE, DALLEConfig  # noqa: E402
 
 # DALLE-pytorch 1.6.6 on this configuration and the same 2-core CPU (fp32, cached, no guidance), the figure the
@@ -46,30 +53,54 @@ def load() -> str:
         return "load average unknown"
 
 
-def time_generate(model: DALLE, text: torch.Tensor, repeats: int, **kwargs) -> float:
-    model.generate(text, seed=0, **kwargs)  # warm-up (allocator, oneDNN kernels)
-    times = []
+def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, the runs taking turns (one warm-up each: allocator, oneDNN kernels)."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        model.generate(text, seed=0, **kwargs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def weights_floor(model: DALLE, rows: int, repeats: int) -> float:
-    """Seconds per step of only the decoder's and image head's matrix products for `rows` rows."""
+def plain_linear(run: Callable[[], object]) -> Callable[[], object]:
+    """`run` with every projection as F.linear (the decoding-step product off)."""
+
+    def wrapped() -> object:
+        saved, layers.MAX_FAST_ROWS = layers.MAX_FAST_ROWS, 0
+        try:
+            return run()
+        finally:
+            layers.MAX_FAST_ROWS = saved
+
+    return wrapped
+
+
+REFERENCE_STEPS = 10  # decoding steps timed per call of a step reference
+
+
+def step_references(model: DALLE, rows: int) -> dict[str, Callable[[], object]]:
+    """One decoding step's weight reads alone ("read floor") and matrix products alone ("products"), `rows` rows."""
     linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] + [model.image_head]
     dtype = model.image_head.weight.dtype
     inputs = {n: torch.randn(rows, 1, n, dtype=dtype) for n in {m.in_features for m in linears}}
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            for _ in range(20):
-                for m in linears:
-                    F.linear(inputs[m.in_features], m.weight, m.bias)
-            times.append((time.perf_counter() - start) / 20)
-    return statistics.median(times[1:])
+
+    @torch.inference_mode()
+    def read() -> None:
+        for _ in range(REFERENCE_STEPS):
+            for m in linears:
+                m.weight.sum()
+
+    @torch.inference_mode()
+    def products() -> None:
+        for _ in range(REFERENCE_STEPS):
+            for m in linears:
+                m(inputs[m.in_features])
+
+    return {"read floor": read, "products": products}
 
 
 def main() -> None:
@@ -102,17 +133,23 @@ def main() -> None:
         name = "fp32" if dtype == torch.float32 else "bf16"
         for guided in (False, True):
             scale = args.guidance_scale if guided else 1.0
-            batch_rows = args.batch * (2 if guided else 1)
-            cached = time_generate(model, text, args.repeats, guidance_scale=scale)
-            floor = weights_floor(model, batch_rows, args.repeats) * REFERENCE.image_seq_len
-            uncached = None
+            ours = lambda m=model, s=scale: m.generate(text, seed=0, guidance_scale=s)  # noqa: E731
+            runs = {"cached": ours, **step_references(model, args.batch * (2 if guided else 1))}
+            if dtype == torch.float32:  # bf16 projections take F.linear anyway
+                runs["F.linear"] = plain_linear(ours)
+            t = time_interleaved(runs, args.repeats)
+            for ref in ("read floor", "products"):  # REFERENCE_STEPS steps per call -> the 64 steps of an image
+                t[ref] *= REFERENCE.image_seq_len / REFERENCE_STEPS
             if not args.no_uncached:
-                uncached = time_generate(model, text, args.uncached_repeats, guidance_scale=scale, use_cache=False)
-            rows.append((name, guided, n_tokens / cached, n_tokens / uncached if uncached else None, n_tokens / floor))
-            r = rows[-1]
-            print(f"  {name} guidance={'on ' if guided else 'off'}: cached {r[2]:7.1f} tok/s"
-                  + (f", uncached {r[3]:6.1f} tok/s (x{r[2] / r[3]:.1f})" if r[3] else "")
-                  + f", weights floor {r[4]:7.1f} tok/s ({r[2] / r[4]:.0%} of it)", flush=True)  # fmt: skip
+                uncached = lambda m=model, s=scale: m.generate(text, seed=0, guidance_scale=s, use_cache=False)  # noqa: E731
+                t.update(time_interleaved({"uncached": uncached}, args.uncached_repeats))
+            r = {k: n_tokens / v for k, v in t.items()}
+            rows.append((name, guided, r))
+            print(f"  {name} guidance={'on ' if guided else 'off'}: cached {r['cached']:6.1f} tok/s"
+                  + (f", with F.linear {r['F.linear']:6.1f}" if "F.linear" in r else "")
+                  + (f", uncached {r['uncached']:5.1f}" if "uncached" in r else "")
+                  + f"; products alone {r['products']:6.1f}, read floor {r['read floor']:6.1f} tok/s"
+                  + f" ({r['cached'] / r['read floor']:.0%} of it)", flush=True)  # fmt: skip
 
     if args.check:
         a = base.generate(text, seed=0, top_k=64)
@@ -120,12 +157,15 @@ def main() -> None:
         print(f"cached == uncached ids (fp32, seed 0): {torch.equal(a, b)}")
 
     print()
-    print("| dtype | guidance | cached tok/s | uncached tok/s | cache speed-up | weights floor tok/s | cached / floor "
-          "| vs DALLE-pytorch (16 tok/s) |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, guided, c, u, f in rows:
-        print(f"| {name} | {'on (2x rows)' if guided else 'off'} | {c:.0f} | {f'{u:.1f}' if u else '-'} | "
-              f"{f'{c / u:.0f}x' if u else '-'} | {f:.0f} | {c / f:.0%} | {c / DALLE_PYTORCH_TOKENS_PER_S:.0f}x |")  # fmt: skip
+    print("| dtype | guidance | cached tok/s | with F.linear | uncached | cache speed-up | products alone | read floor "
+          "| cached / floor | vs DALLE-pytorch (16 tok/s) |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, guided, r in rows:
+        c, u, plain = r["cached"], r.get("uncached"), r.get("F.linear")
+        print(f"| {name} | {'on (2x rows)' if guided else 'off'} | {c:.0f} | "
+              f"{f'{plain:.0f} (ours x{c / plain:.2f})' if plain else '-'} | {f'{u:.1f}' if u else '-'} | "
+              f"{f'{c / u:.1f}x' if u else '-'} | {r['products']:.0f} | {r['read floor']:.0f} | {c / r['read floor']:.0%} | "
+              f"{c / DALLE_PYTORCH_TOKENS_PER_S:.1f}x |")  # fmt: skip
     print(load())
 
 
