@@ -11,7 +11,7 @@ Two references are measured in the same run, interleaved with our runs so that t
 - "F.linear": the same cached ``generate`` with the decoding-step product of ``core_attention.linear`` turned off
   (``MAX_FAST_ROWS = 0``), i.e. every projection as ``F.linear``: what the step costs without it.
 - "read floor": the time to read every weight once (a sum over each weight tensor). A cached step reads all the
-  weights, so no implementation can beat it on this machine; cached tok/s ÷ floor tok/s is how close we are.
+  weights, so this is about what the machine's memory allows; cached tok/s ÷ floor tok/s is how close we are.
   "products" is the step's matrix products alone, as ``linear`` runs them: the rest of the step is overhead.
 
 Threads: torch's default (all cores) unless OMP_NUM_THREADS / --threads says otherwise. Other processes on the
