@@ -7,7 +7,7 @@ Reference: 12 layers, dim 512, 8 heads x 64, text 32 tokens, 8 x 8 = 64 image to
 batch 4. Each row is the median of --repeats runs of one whole ``generate`` call (text prefill included). "Tokens"
 counts the images' tokens (batch x 64); with guidance each step runs 2 x batch rows.
 
-Two references are measured in the same run, interleaved with our runs so that the machine's drift hits all alike:
+The references are measured in the same run, taking turns with ours so that the machine's drift hits all alike:
 - "F.linear": the same cached ``generate`` with the decoding-step product of ``core_attention.linear`` turned off
   (``MAX_FAST_ROWS = 0``), i.e. every projection as ``F.linear``: what the step costs without it.
 - "read floor": the time to read every weight once (a sum over each weight tensor). A cached step reads all the
@@ -26,9 +26,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
-
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
