@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from core_attention import MultiHeadAttention, causal_mask, dalle_mask, key_padding_mask
+from core_attention import Linear, MultiHeadAttention, causal_mask, dalle_mask, key_padding_mask
 
 B, L, DIM, HEADS = 2, 12, 32, 4
 
@@ -153,8 +153,6 @@ def test_bad_input_errors_name_the_shapes():
 @pytest.mark.parametrize("shape", [(1, 64), (4, 64), (4, 1, 64), (2, 3, 64), (16, 64)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_decoding_path_matches_f_linear(shape, bias):
-    from core_attention import Linear
-
     torch.manual_seed(0)
     layer = Linear(64, 96, bias=bias)
     x = torch.randn(shape, requires_grad=True)
@@ -174,8 +172,6 @@ def test_linear_decoding_path_matches_f_linear(shape, bias):
 
 
 def test_linear_is_nn_linear_and_leaves_other_inputs_to_f_linear():
-    from core_attention import Linear
-
     layer = Linear(32, 48)
     assert isinstance(layer, nn.Linear)
     assert layer.state_dict().keys() == nn.Linear(32, 48).state_dict().keys()
