@@ -3,7 +3,7 @@
 from .attention import MultiHeadAttention, attend
 from .block import TransformerBlock
 from .cache import DecoderCache, KVCache
-from .layers import DropPath, LayerScale, Linear, Mlp, init_weights
+from .layers import DropPath, LayerScale, Linear, Mlp, QuickGELU, init_weights
 from .masks import causal_mask, dalle_mask, key_padding_mask, mask_to_text, save_mask_png
 from .positions import (
     AxialRotaryEmbedding,
@@ -30,6 +30,7 @@ __all__ = [
     "Linear",
     "Mlp",
     "MultiHeadAttention",
+    "QuickGELU",
     "attend",
     "RotaryEmbedding",
     "Seq2SeqTransformer",

@@ -43,6 +43,13 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with; its weights need this exact curve."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 class Mlp(nn.Module):
     """fc1 -> activation -> dropout -> fc2 -> dropout."""
 

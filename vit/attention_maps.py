@@ -24,7 +24,7 @@ def attention_maps(model: VisionTransformer, images: Tensor) -> list[Tensor]:
 
     Token order is [class token][register tokens][patches in row-major order]; rows sum to 1.
     """
-    x = model.embed(images)
+    x = model.norm_pre(model.embed(images))
     maps = []
     for block in model.blocks:
         maps.append(block.attention_weights(x))

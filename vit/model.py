@@ -19,12 +19,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core_attention import TransformerBlock, init_weights
+from core_attention import QuickGELU, TransformerBlock, init_weights
 from core_attention.training import load_safetensors, load_state_dict_checked, save_safetensors
 
 log = logging.getLogger(__name__)
 
 GlobalPool = Literal["token", "avg", ""]
+# timm's names for the MLP activations the ViT can be built with (CLIP's OpenAI weights need quick_gelu).
+ACT_LAYERS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -59,6 +61,10 @@ class ViTConfig:
         proj_drop_rate: Dropout after the attention output projection and in the MLP.
         attn_drop_rate: Dropout on the attention weights.
         drop_path_rate: Stochastic depth of the last block; the rate grows linearly from 0 over the blocks.
+        pre_norm: LayerNorm the tokens before the first block (`norm_pre`) and drop the patch projection's bias,
+            as CLIP's image tower does (timm's `pre_norm`).
+        act_layer: MLP activation, a key of `ACT_LAYERS` ('gelu', or 'quick_gelu' for OpenAI's CLIP weights).
+        norm_eps: Epsilon of every LayerNorm (timm's ViTs 1e-6, CLIP's towers 1e-5).
     """
 
     img_size: int | tuple[int, int] = 224
@@ -81,6 +87,9 @@ class ViTConfig:
     proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    pre_norm: bool = False
+    act_layer: str = "gelu"
+    norm_eps: float = 1e-6
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -103,7 +112,9 @@ class ViTConfig:
 class PatchEmbed(nn.Module):
     """Cut the image into non-overlapping patches and project each to embed_dim with one strided Conv2d."""
 
-    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(
+        self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int, bias: bool = True
+    ) -> None:
         super().__init__()
         self.img_size = _pair(img_size)
         self.patch_size = _pair(patch_size)
@@ -117,7 +128,7 @@ class PatchEmbed(nn.Module):
         self.in_chans = in_chans
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
@@ -164,6 +175,9 @@ class VisionTransformer(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        pre_norm: bool = False,
+        act_layer: str = "gelu",
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.config = ViTConfig(**{k: v for k, v in locals().items() if k in _CONFIG_FIELDS})
@@ -173,6 +187,8 @@ class VisionTransformer(nn.Module):
             raise ValueError("global_pool='token' needs the class token: set class_token=True or global_pool='avg'")
         if in_chans < 1:
             raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        if act_layer not in ACT_LAYERS:
+            raise ValueError(f"act_layer must be one of {sorted(ACT_LAYERS)}, got {act_layer!r}")
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -185,25 +201,26 @@ class VisionTransformer(nn.Module):
         # Normalisation and labels the weights expect (filled by data/loaders; saved by save_pretrained).
         self.pretrained_cfg: dict[str, Any] = {}
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         embed_len = num_patches if no_embed_class else num_patches + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
 
         drop_path = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
         self.blocks = nn.Sequential(*[
             TransformerBlock(
                 embed_dim, num_heads,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
-                init_values=init_values, drop_path=drop_path[i], norm_eps=1e-6,
+                init_values=init_values, drop_path=drop_path[i], norm_eps=norm_eps, act_layer=ACT_LAYERS[act_layer],
             )
             for i in range(depth)
         ])  # fmt: skip
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if not use_fc_norm else nn.Identity()
-        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if not use_fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
@@ -286,7 +303,7 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> normalised tokens (B, prefix + N, D)."""
-        x = self.embed(x)
+        x = self.norm_pre(self.embed(x))
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False)

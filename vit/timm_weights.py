@@ -137,8 +137,10 @@ def config_from_timm(timm_model: nn.Module, **overrides: Any) -> ViTConfig:
     m = timm_model
     unsupported = []
     block = m.blocks[0]
-    if not isinstance(m.norm_pre, nn.Identity):
-        unsupported.append("pre_norm")
+    pre_norm = not isinstance(m.norm_pre, nn.Identity)
+    act = {"GELU": "gelu", "QuickGELU": "quick_gelu"}.get(type(block.mlp.act).__name__)
+    if act is None:
+        unsupported.append(f"activation {type(block.mlp.act).__name__}")
     if getattr(m, "attn_pool", None) is not None:
         unsupported.append(f"global_pool={m.global_pool!r}")
     if getattr(m, "dynamic_img_size", False):
@@ -149,8 +151,8 @@ def config_from_timm(timm_model: nn.Module, **overrides: Any) -> ViTConfig:
         unsupported.append("pos_embed=None")
     if type(block).__name__ != "Block" or type(block.attn).__name__ != "Attention":
         unsupported.append(f"block type {type(block).__name__}/{type(block.attn).__name__}")
-    if m.patch_embed.proj.bias is None:
-        unsupported.append("patch embedding without bias")
+    if (m.patch_embed.proj.bias is None) != pre_norm:  # timm ties them as we do (CLIP's layout)
+        unsupported.append(f"patch embedding {'without' if pre_norm else 'with'} bias and pre_norm={pre_norm}")
     if not isinstance(block.norm1, nn.LayerNorm) or type(block.mlp).__name__ != "Mlp":
         unsupported.append(f"{type(block.norm1).__name__} norm / {type(block.mlp).__name__} MLP")
     if unsupported:
@@ -175,6 +177,9 @@ def config_from_timm(timm_model: nn.Module, **overrides: Any) -> ViTConfig:
         no_embed_class=m.no_embed_class,
         init_values=float(f"{float(ls.gamma.detach().flatten()[0]):.6g}") if hasattr(ls, "gamma") else None,
         fc_norm=None if has_fc_norm == (m.global_pool == "avg") else has_fc_norm,
+        pre_norm=pre_norm,
+        act_layer=act or "gelu",
+        norm_eps=block.norm1.eps,
     )
     if cfg.img_size[0] == cfg.img_size[1]:
         cfg.img_size = cfg.img_size[0]
