@@ -210,7 +210,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
 
-        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
+        drop_path = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # grows with depth; cpu: meta builds
         self.blocks = nn.Sequential(*[
             TransformerBlock(
                 embed_dim, num_heads,
