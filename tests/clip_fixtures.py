@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,6 +49,8 @@ def save_openai_torchscript(model: OpenClipCLIP, path: Path) -> Path:
     """A TorchScript archive with fp16 weights, as OpenAI released ViT-B-32.pt & co."""
     size = TINY_CFG["vision_cfg"]["image_size"]
     inputs = {"encode_image": torch.zeros(1, 3, size, size), "encode_text": torch.zeros(1, 77, dtype=torch.long)}
-    traced = torch.jit.trace_module(model, inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing's deprecation and TracerWarnings: this is a fixture, not the test
+        traced = torch.jit.trace_module(model, inputs)
     traced.half().save(str(path))
     return path
