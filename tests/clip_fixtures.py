@@ -18,11 +18,13 @@ TINY_CFG = {  # open_clip's model_cfg layout, as in an open_clip_config.json; he
 
 
 def perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
-    """Move every weight off its init (LayerNorms at exactly 1/0 would hide a norm applied in the wrong place)."""
+    """Move the vectors off their init: LayerNorms at exactly 1/0 and zero biases would hide a norm or bias applied in
+    the wrong place. The matrices are random already (and perturbing ViT-B/32's 150M weights takes seconds)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * std)
+            if p.dim() <= 1:
+                p.add_(torch.randn(p.shape, generator=gen) * std)
     return model
 
 

@@ -17,7 +17,9 @@ DESCRIPTION = (
     "(3) predict: top-k labels for image files, `python -m vit predict a.png b.png --config C --ckpt_path CKPT` "
     "(or --data.predict_paths '[a.png, b.png]'; --model.top_k K; --model.predict_output preds.csv); "
     "(4) attention: attention map or rollout of one image as a PNG overlay, "
-    "`python -m vit attention IMAGE --checkpoint CKPT --out map.png` (see `python -m vit attention --help`). "
+    "`python -m vit attention IMAGE --checkpoint CKPT --out map.png` (see `python -m vit attention --help`); "
+    "(5) zero-shot: rank free-text labels for images with CLIP, "
+    '`python -m vit zero-shot photo.jpg --labels "a cat" "a dog" --clip ViT-B-32/openai` (see its --help). '
     "Options: the model under --model.* (the ViT architecture under --model.arch.*, timm's keyword names), "
     "the data under --data.* (`python -m vit fit --data.help vit.data.DigitsDataModule` lists a DataModule's options), "
     "the Trainer under --trainer.*, checkpointing under --checkpoint.* (ModelCheckpoint, save_last=True)."
@@ -115,6 +117,10 @@ def main(argv: list[str] | None = None):
     if argv and argv[0] == "attention":
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         return attention_main(argv[1:])
+    if argv and argv[0] == "zero-shot":
+        from .clip.zero_shot import zero_shot_main
+
+        return zero_shot_main(argv[1:])
     from core_attention.training import cli_main
 
     from .data import ImageDataModule
