@@ -70,6 +70,7 @@ class MultiHeadAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         norm_eps: float = 1e-6,
+        proj_bias: bool = True,
     ) -> None:
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -86,7 +87,7 @@ class MultiHeadAttention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.attn_drop = attn_drop
-        self.proj = Linear(dim, dim)
+        self.proj = Linear(dim, dim, bias=proj_bias)  # bias-free in BART-style models (DALL·E Mini / Mega)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _project_q(self, x: Tensor) -> Tensor:
