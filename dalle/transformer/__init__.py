@@ -1,0 +1,1 @@
+"""Text-to-image transformers: DALL·E Mini / Mega's encoder–decoder (`bart`), its weights and its tokenizer."""
