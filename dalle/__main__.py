@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("dalle.generate", "generate_main", 'images from text: generate "a red circle" -n 8 --checkpoint CKPT --out grid.png'),
     "evaluate": ("dalle.evaluate", "evaluate_main", "prompt adherence on held-in / held-out shapes prompts, scored by an attribute classifier"),
     "fit-classifier": ("dalle.attributes", "fit_classifier_main", "train the attribute classifier that `evaluate` scores with (LightningCLI)"),
+    "clip-score": ("dalle.judges.clip_score", "clip_score_main", "CLIP score of images against their prompts"),
     "fit-reranker": ("dalle.reranker", "fit_reranker_main", "train the contrastive text-image reranker for `generate --rerank` (LightningCLI)"),
 }
 

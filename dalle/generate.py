@@ -282,8 +282,20 @@ def save_images(images: Tensor, out: str | Path, *, individual_dir: str | Path |
     return paths
 
 
+# Short names for --rerank: factories called with --rerank-checkpoint.
+RERANKERS = {"clip": "dalle.judges.clip_score:load_scorer"}
+
+
 def load_reranker(spec: str, checkpoint: str | None = None) -> Reranker:
-    """``module:attribute`` -> the reranker callable. With `checkpoint`, the attribute is a factory called with it."""
+    """``module:attribute`` -> the reranker callable. With `checkpoint`, the attribute is a factory called with it.
+
+    A key of `RERANKERS` ("clip") names a factory, so it needs `checkpoint` (for CLIP: a path or e.g. ViT-B-32/openai).
+    """
+    if spec in RERANKERS:
+        if checkpoint is None:
+            raise ValueError(f"--rerank {spec} needs --rerank-checkpoint: for CLIP a path, hf-hub:<repo> or a name such "
+                             "as ViT-B-32/openai (see vit.clip.PRETRAINED)")
+        spec = RERANKERS[spec]
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"--rerank expects 'package.module:function', got {spec!r}")
@@ -322,7 +334,9 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--prime-rows", type=int, default=0, help="token rows of --prime-image to keep (1 .. grid-1)")
     p.add_argument("--prime-resize", action="store_true", help="resize --prime-image to the model's size instead of failing")
     p.add_argument("--candidates", type=int, default=None, help="with --rerank: sample this many per prompt, keep the best -n")
-    p.add_argument("--rerank", default=None, help="reranker 'module:function' scoring (prompts, images) -> scores")
+    p.add_argument("--rerank", default=None,
+                   help="reranker: 'clip' (with --rerank-checkpoint naming CLIP weights) or 'module:function' scoring "
+                   "(prompts, images) -> scores")
     p.add_argument("--rerank-checkpoint", default=None, help="if given, --rerank names a factory called with this path")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow; for checking)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device to generate on (default: cuda when available, else cpu)")

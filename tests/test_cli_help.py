@@ -127,7 +127,8 @@ def _strategy_own_options() -> set[str]:
 
 CASES = [
     ("python -m vit", _vit, ["--help"], None),
-    *[(f"python -m vit {c}", _vit, [c, "--help"], None) for c in ("fit", "validate", "test", "predict", "attention")],
+    *[(f"python -m vit {c}", _vit, [c, "--help"], None)
+      for c in ("fit", "validate", "test", "predict", "attention", "zero-shot")],
     ("python -m dalle", _dalle, ["--help"], None),
     *[(f"python -m dalle {c}", _dalle, [c, "--help"], None) for c in _dalle_commands()],
     ("python -m core_attention.examples.seq2seq fit", _seq2seq, ["fit", "--help"], None),
