@@ -28,7 +28,13 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from core_attention import init_weights, sincos_2d
-from core_attention.training import adamw_warmup_cosine, load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.training import (
+    adamw_warmup_cosine,
+    fixed_order_sampler,
+    load_safetensors,
+    load_state_dict_checked,
+    save_safetensors,
+)
 from vit import ViTConfig, VisionTransformer
 
 from .shapes import ALL_PAIRS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, ShapesDataset, canonical_caption, render
@@ -117,7 +123,8 @@ class AttributeClassifier(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected RGB images (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
         if tuple(images.shape[-2:]) != self.img_size:
-            images = F.interpolate(images.float(), size=self.img_size, mode="bilinear", antialias=True, align_corners=False)
+            images = images if images.is_floating_point() else images.float()
+            images = F.interpolate(images, size=self.img_size, mode="bilinear", antialias=True, align_corners=False)
         return images
 
     @torch.no_grad()
@@ -243,6 +250,7 @@ class AttributeDataModule(pl.LightningDataModule):
         num_test: Test scenes: half from ShapesDataset 'test', half from 'heldout'.
         batch_size: Images per batch.
         num_workers: DataLoader workers (0 keeps the render cache in one process: fastest for the default sizes).
+        shuffle: Shuffle the training scenes every epoch (False: a fixed order, e.g. to compare runs exactly).
         seed: Seed of the scene streams (distinct from DALL·E's data streams by construction).
         jitter: Shape position/scale jitter of the training images (0 .. 0.15): robustness to imperfect drawings.
     """
@@ -255,6 +263,7 @@ class AttributeDataModule(pl.LightningDataModule):
         num_test: int = 2000,
         batch_size: int = 128,
         num_workers: int = 0,
+        shuffle: bool = True,
         seed: int = 0,
         jitter: float = 0.1,
     ) -> None:
@@ -268,13 +277,16 @@ class AttributeDataModule(pl.LightningDataModule):
             ShapesDataset("heldout", num_test // 2, image_size, max_shapes=1, seed=seed),
         ])  # fmt: skip
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=shuffle and len(dataset) >= self.batch_size,
-                          persistent_workers=self.num_workers > 0)  # fmt: skip
+    def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
+        shuffle = self.hparams.shuffle
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=train and shuffle, num_workers=self.num_workers,
+            sampler=fixed_order_sampler(self, dataset, shuffle) if train else None,
+            drop_last=train and len(dataset) >= self.batch_size, persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from core_attention.training import fixed_order_sampler
 
 from .caption_data import (
     CaptionFolder,
@@ -29,12 +31,19 @@ from .shapes import ShapesDataset, Split
 
 
 def dataloader(
-    dataset: Dataset, batch_size: int, num_workers: int, *, shuffle: bool = False, drop_last: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    *,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
@@ -69,6 +78,7 @@ class ShapesDataModule(pl.LightningDataModule):
         num_heldout: images of the held-out colour-shape pairs (``heldout_dataloader()``).
         batch_size: images per batch (per process under DDP).
         num_workers: DataLoader worker processes (0 = render in the main process).
+        shuffle: shuffle the training items every epoch (False: a fixed order, e.g. to compare runs exactly).
         seed: seed of the scenes: the same seed gives the same images and captions.
         jitter: random shift and rescale of each shape within its cell, 0 to 0.15 (0 = exact grid placement).
     """
@@ -83,12 +93,13 @@ class ShapesDataModule(pl.LightningDataModule):
         num_heldout: int = 512,
         batch_size: int = 64,
         num_workers: int = 0,
+        shuffle: bool = True,
         seed: int = 0,
         jitter: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
 
         # Datasets are lazy (items are rendered on access), so building them here is free and lets train_captions()
         # work before the Trainer calls setup().
@@ -104,7 +115,8 @@ class ShapesDataModule(pl.LightningDataModule):
         return self.train_set.iter_captions(limit)
 
     def train_dataloader(self) -> DataLoader:
-        return dataloader(self.train_set, self.batch_size, self.num_workers, shuffle=True,
+        return dataloader(self.train_set, self.batch_size, self.num_workers, shuffle=self.shuffle,
+                          sampler=fixed_order_sampler(self, self.train_set, self.shuffle),
                           drop_last=len(self.train_set) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -129,6 +141,7 @@ class CaptionFolderDataModule(pl.LightningDataModule):
         image_size: side of the square images: the shorter side is resized to it, then the centre cropped.
         batch_size: image-caption pairs per batch (per process under DDP).
         num_workers: DataLoader worker processes (0 = load in the main process).
+        shuffle: shuffle the training items every epoch (False: a fixed order, e.g. to compare runs exactly).
         val_fraction: share of train_dir held out for validation when val_dir is None (0 disables validation).
         seed: seed of the held-out split (every rank and every run holds out the same items).
         verify: check every image with PIL when the folder is scanned, so broken files are reported up front.
@@ -141,6 +154,7 @@ class CaptionFolderDataModule(pl.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 32,
         num_workers: int = 0,
+        shuffle: bool = True,
         val_fraction: float = 0.05,
         seed: int = 0,
         verify: bool = True,
@@ -150,7 +164,7 @@ class CaptionFolderDataModule(pl.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.train_dir, self.val_dir, self.image_size = train_dir, val_dir, image_size
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
         self.val_fraction, self.seed, self.verify = val_fraction, seed, verify
         self.train_set: CaptionFolder | Subset | None = None
         self.val_set: CaptionFolder | Subset | None = None
@@ -181,7 +195,8 @@ class CaptionFolderDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         assert self.train_set is not None
-        return dataloader(self.train_set, self.batch_size, self.num_workers, shuffle=True,
+        return dataloader(self.train_set, self.batch_size, self.num_workers, shuffle=self.shuffle,
+                          sampler=fixed_order_sampler(self, self.train_set, self.shuffle),
                           drop_last=len(self.train_set) >= self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:

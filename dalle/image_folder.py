@@ -11,6 +11,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
+from core_attention.training import fixed_order_sampler
+
 from .caption_data import IMAGE_EXTENSIONS, image_transform, open_image
 from .datamodules import dataloader, holdout_split
 
@@ -54,6 +56,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         image_size: side of the square images: the shorter side is resized to it, then the centre cropped.
         batch_size: images per batch (per process under DDP).
         num_workers: DataLoader worker processes (0 = load in the main process).
+        shuffle: shuffle the training items every epoch (False: a fixed order, e.g. to compare runs exactly).
         val_fraction: share of train_dir held out for validation when val_dir is None (0 disables validation).
         seed: seed of the held-out split (every rank and every run holds out the same images).
     """
@@ -65,6 +68,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 32,
         num_workers: int = 0,
+        shuffle: bool = True,
         val_fraction: float = 0.05,
         seed: int = 0,
     ) -> None:
@@ -88,8 +92,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         hp = self.hparams
-        return dataloader(self.train_set, hp.batch_size, hp.num_workers, shuffle=True,
-                          drop_last=len(self.train_set) >= hp.batch_size)  # fmt: skip
+        return dataloader(self.train_set, hp.batch_size, hp.num_workers, shuffle=hp.shuffle,
+                          sampler=fixed_order_sampler(self, self.train_set, hp.shuffle),
+                          drop_last=len(self.train_set) >= hp.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()

@@ -191,7 +191,7 @@ class ContrastiveReranker(nn.Module):
         if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
             got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be an RGB tensor (N, 3, H, W) in [0, 1], got {got}")
-        images = images.float()
+        images = images if images.is_floating_point() else images.float()  # uint8 -> float; keeps float64 training
         if tuple(images.shape[-2:]) != self.img_size:  # DALL·E may draw at another size than the reranker reads
             images = F.interpolate(images, size=self.img_size, mode="bilinear", antialias=True, align_corners=False)
         return images

@@ -1,4 +1,4 @@
-"""Helpers for the 1-process vs 2-process equivalence tests (DDP on CPU with gloo, `ddp_spawn`)."""
+"""Helpers for training in spawned DDP workers (gloo on CPU, `ddp_spawn`) from inside a test."""
 
 from __future__ import annotations
 
@@ -72,20 +72,3 @@ def train_weights(
     )  # fmt: skip
     trainer.fit(module, FixedOrder(make_data()))
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_same_training(make_module, make_data, tmp_path, *, max_steps: int = 4, atol: float = 1e-6, **trainer_kwargs) -> None:
-    """2 processes (ddp_spawn, gloo) == 1 process with 2× gradient accumulation, and both actually trained.
-
-    Runs in float64: Adam divides by √v, so float32 rounding differences in near-zero gradients (the two set-ups
-    sum in different orders) grow to whole learning-rate steps within a few updates; in float64 they stay ~1e-12.
-    """
-    trainer_kwargs.setdefault("precision", "64-true")
-    pl.seed_everything(0)  # the initialisation both runs start from (train_weights seeds the same way)
-    initial = {k: v.clone() for k, v in make_module().state_dict().items()}
-    two = train_weights(make_module, make_data, devices=2, accumulate=1, max_steps=max_steps, root=str(tmp_path / "ddp"), **trainer_kwargs)
-    one = train_weights(make_module, make_data, devices=1, accumulate=2, max_steps=max_steps, root=str(tmp_path / "one"), **trainer_kwargs)
-    changed = [k for k in one if one[k].is_floating_point() and not torch.allclose(one[k], initial[k].to(one[k]))]
-    assert changed, "training did not change any weight"
-    for k in one:
-        torch.testing.assert_close(two[k].double(), one[k].double(), atol=atol, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")

@@ -111,9 +111,8 @@ def _with_predict_paths(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None):
-    if argv is None:
-        argv, sys.argv = sys.argv[1:], sys.argv[:1]  # handed to LightningCLI as `args` (after the predict rewrite)
-    argv = list(argv)
+    # sys.argv stays as typed: Lightning's DDP launcher starts the other processes by re-running it.
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "attention":
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         return attention_main(argv[1:])
@@ -126,9 +125,11 @@ def main(argv: list[str] | None = None):
     from .data import ImageDataModule
     from .module import ViTClassifier
 
-    return cli_main(ViTClassifier, ImageDataModule, _with_predict_paths(argv), subclass_mode_data=True, description=DESCRIPTION)
+    return cli_main(
+        ViTClassifier, ImageDataModule, _with_predict_paths(argv), subclass_mode_data=True, description=DESCRIPTION,
+        prog="python -m vit",
+    )
 
 
 if __name__ == "__main__":
-    sys.argv[0] = "python -m vit"
     main()

@@ -19,6 +19,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2 as T
 
+from core_attention.training import fixed_order_sampler
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,6 +104,7 @@ class ImageDataModule(pl.LightningDataModule):
         img_size: Side of the square images the model sees.
         batch_size: Images per batch (per process under DDP).
         num_workers: DataLoader worker processes (0 = load in the main process).
+        shuffle: Shuffle the training images every epoch (False: a fixed order, e.g. to compare runs exactly).
         mean: Per-channel mean subtracted after scaling pixels to [0, 1].
         std: Per-channel standard deviation divided by after subtracting the mean.
         predict_paths: Image files for `predict` (also given as positional paths: `python -m vit predict a.png b.png ...`).
@@ -116,6 +119,7 @@ class ImageDataModule(pl.LightningDataModule):
         img_size: int,
         batch_size: int,
         num_workers: int,
+        shuffle: bool = True,
         mean: Sequence[float],
         std: Sequence[float],
         predict_paths: list[str] | None = None,
@@ -127,6 +131,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.img_size = img_size
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.shuffle = shuffle
         self.mean, self.std = tuple(mean), tuple(std)
         self.predict_paths = list(predict_paths or [])
         self.convert_images = convert_images
@@ -154,10 +159,11 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, *, train: bool = False, name: str = "") -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"no {name} data: call setup() first or configure the {name} split")
+        sampler = fixed_order_sampler(self, dataset, self.shuffle) if train else None
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, drop_last=train, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
-        )  # fmt: skip
+            dataset, batch_size=self.batch_size, shuffle=train and self.shuffle, sampler=sampler, drop_last=train,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True, name="training")
@@ -185,6 +191,7 @@ class DigitsDataModule(ImageDataModule):
         img_size: Side the 8x8 digits are upscaled to (bilinear) before the model sees them.
         batch_size: Images per batch.
         num_workers: DataLoader worker processes.
+        shuffle: Shuffle the training images every epoch (False: a fixed order).
         val_fraction: Fraction of the images held out for validation (stratified).
         test_fraction: Fraction of the images held out for the test split (stratified).
         split_seed: Seed of the stratified split (keep it fixed to compare runs).
@@ -207,6 +214,7 @@ class DigitsDataModule(ImageDataModule):
         img_size: int = 32,
         batch_size: int = 64,
         num_workers: int = 0,
+        shuffle: bool = True,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
@@ -220,8 +228,10 @@ class DigitsDataModule(ImageDataModule):
         predict_paths: list[str] | None = None,
         convert_images: bool = False,
     ) -> None:
-        super().__init__(img_size=img_size, batch_size=batch_size, num_workers=num_workers, mean=mean, std=std,
-                         predict_paths=predict_paths, convert_images=convert_images)  # fmt: skip
+        super().__init__(
+            img_size=img_size, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, mean=mean, std=std,
+            predict_paths=predict_paths, convert_images=convert_images,
+        )
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in (0, 1) and sum to less than 1")
         self.save_hyperparameters()
@@ -289,6 +299,7 @@ class ImageFolderDataModule(ImageDataModule):
         img_size: Side of the square crops the model sees.
         batch_size: Images per batch (per process under DDP).
         num_workers: DataLoader worker processes.
+        shuffle: Shuffle the training images every epoch (False: a fixed order).
         auto_augment: timm auto-augment config, e.g. 'rand-m9-mstd0.5-inc1' (RandAugment); None disables.
         re_prob: Probability of timm's RandomErasing per training image.
         color_jitter: Colour-jitter strength (timm ignores it when auto_augment is set).
@@ -310,6 +321,7 @@ class ImageFolderDataModule(ImageDataModule):
         img_size: int = 224,
         batch_size: int = 128,
         num_workers: int = 8,
+        shuffle: bool = True,
         auto_augment: str | None = "rand-m9-mstd0.5-inc1",
         re_prob: float = 0.25,
         color_jitter: float = 0.3,
@@ -322,8 +334,10 @@ class ImageFolderDataModule(ImageDataModule):
         predict_paths: list[str] | None = None,
         convert_images: bool = False,
     ) -> None:
-        super().__init__(img_size=img_size, batch_size=batch_size, num_workers=num_workers, mean=mean, std=std,
-                         predict_paths=predict_paths, convert_images=convert_images)  # fmt: skip
+        super().__init__(
+            img_size=img_size, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, mean=mean, std=std,
+            predict_paths=predict_paths, convert_images=convert_images,
+        )
         self.save_hyperparameters()
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
         self.auto_augment, self.re_prob, self.color_jitter = auto_augment, re_prob, color_jitter
@@ -394,6 +408,7 @@ class CIFARDataModule(ImageDataModule):
         img_size: Side the 32x32 images are resized to (32 keeps them as they are).
         batch_size: Images per batch.
         num_workers: DataLoader worker processes.
+        shuffle: Shuffle the training images every epoch (False: a fixed order).
         val_size: Training images held out for validation (0 validates on the test set).
         split_seed: Seed of the held-out split.
         crop_padding: Pad by this many pixels and crop back at a random offset (0 disables).
@@ -414,6 +429,7 @@ class CIFARDataModule(ImageDataModule):
         img_size: int = 32,
         batch_size: int = 128,
         num_workers: int = 4,
+        shuffle: bool = True,
         val_size: int = 5000,
         split_seed: int = 0,
         crop_padding: int = 4,
@@ -425,8 +441,10 @@ class CIFARDataModule(ImageDataModule):
         predict_paths: list[str] | None = None,
         convert_images: bool = False,
     ) -> None:
-        super().__init__(img_size=img_size, batch_size=batch_size, num_workers=num_workers, mean=mean, std=std,
-                         predict_paths=predict_paths, convert_images=convert_images)  # fmt: skip
+        super().__init__(
+            img_size=img_size, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, mean=mean, std=std,
+            predict_paths=predict_paths, convert_images=convert_images,
+        )
         if dataset not in ("cifar10", "cifar100"):
             raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
         self.save_hyperparameters()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from core_attention.io import check_writable
 from core_attention.training import adamw_warmup_cosine, load_checkpoint, load_state_dict_checked
 
 from .model import ViTConfig, VisionTransformer
@@ -109,6 +110,8 @@ class ViTClassifier(pl.LightningModule):
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=ema_decay, use_warmup=ema_warmup)
+            # Saved and restored with the module, but never trained: DDP must not wait for gradients of the copy.
+            self.ema.module.requires_grad_(False)
             self.ema.module.train()  # its mode is set where it is used (eval_model); train keeps Lightning quiet
         k = min(5, arch.num_classes)
         for split in ("val", "test"):
@@ -150,6 +153,8 @@ class ViTClassifier(pl.LightningModule):
         self._start()
 
     def on_predict_start(self) -> None:
+        if self.predict_output:
+            check_writable(self.predict_output, what="predictions file (--model.predict_output)")
         self._start()
 
     # ---- data agreement --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
 from core_attention import Seq2SeqTransformer
-from core_attention.training import cli_main, load_checkpoint
+from core_attention.training import cli_main, fixed_order_sampler, load_checkpoint
 
 PAD, BOS, EOS, FIRST_DIGIT = 0, 1, 2, 3
 VOCAB_SIZE = FIRST_DIGIT + 10
@@ -71,6 +71,7 @@ class ReverseDigitsDataModule(pl.LightningDataModule):
         num_val: Held-out validation strings (at least 4 digits long, so training still sees every length).
         num_test: Held-out test strings (distinct, at least 4 digits long like the validation ones).
         batch_size: Training pairs per batch.
+        shuffle: Shuffle the training pairs every epoch (False: a fixed order, e.g. to compare runs exactly).
         seed: Seed of the random strings (validation and test use seed + 1 and seed + 2).
     """
 
@@ -82,6 +83,7 @@ class ReverseDigitsDataModule(pl.LightningDataModule):
         num_val: int = 256,
         num_test: int = 512,
         batch_size: int = 64,
+        shuffle: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -97,7 +99,10 @@ class ReverseDigitsDataModule(pl.LightningDataModule):
         self.train = ReverseDigits(h.num_train, h.min_len, h.max_len, h.seed, exclude=held_out)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train, self.hparams.batch_size, shuffle=True, collate_fn=collate)
+        return DataLoader(
+            self.train, self.hparams.batch_size, shuffle=self.hparams.shuffle, collate_fn=collate,
+            sampler=fixed_order_sampler(self, self.train, self.hparams.shuffle),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val, 256, collate_fn=collate)
@@ -205,7 +210,8 @@ def main(args: list[str] | None = None):
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["demo"]:
         return demo(*argv[1:2])
-    return cli_main(Seq2SeqModule, ReverseDigitsDataModule, args, description=__doc__)
+    return cli_main(Seq2SeqModule, ReverseDigitsDataModule, argv, description=__doc__,
+                    prog="python -m core_attention.examples.seq2seq")
 
 
 if __name__ == "__main__":

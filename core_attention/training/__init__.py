@@ -5,6 +5,7 @@ Imports Lightning; `import core_attention` alone does not import this subpackage
 
 from .callbacks import CompileBlocks, FiniteLossGuard, TrainingCurves
 from .checkpoint_io import AtomicCheckpointIO, load_checkpoint
+from .data import fixed_order_sampler
 from .cli import VitDalleCLI, cli_main
 from .optim import adamw_warmup_cosine
 from .strategies import TransformerFSDPStrategy
@@ -19,6 +20,7 @@ __all__ = [
     "VitDalleCLI",
     "adamw_warmup_cosine",
     "cli_main",
+    "fixed_order_sampler",
     "load_checkpoint",
     "load_safetensors",
     "load_state_dict_checked",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -68,6 +69,14 @@ class TrainingCurves(Callback):
         self.filename, self.max_panels, self.min_interval_s = filename, max_panels, min_interval_s
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._last_plot = float("-inf")
+
+    def state_dict(self) -> dict[str, Any]:
+        # Kept in the checkpoint, so the plot of a resumed run starts at step 0, not at the resume step.
+        return {"history": {name: [[step, value] for step, value in points] for name, points in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        history = state_dict.get("history", {})
+        self.history = {name: [(int(step), float(value)) for step, value in points] for name, points in history.items()}
 
     def _record(self, trainer: pl.Trainer) -> None:
         step = trainer.global_step

@@ -13,6 +13,24 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the `.NAME.ckpt.*.tmp` files a killed write left in `folder` (call before training starts: nothing
+    is writing then). Returns what was removed."""
+    stale = sorted(Path(folder).glob(f".*.ckpt.*{TEMP_SUFFIX}")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary file in the same folder, fsync, then rename: a crash (even SIGKILL) mid-write leaves
     the previous checkpoint intact instead of a truncated file."""
@@ -22,8 +40,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file 0600; a checkpoint is shared like any file
             with os.fdopen(fd, "wb") as f:
                 f.write(buffer.getbuffer())
                 f.flush()
@@ -45,9 +64,12 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        # Not torch's long advice to retry with weights_only=False: that is exactly what must not happen here.
+        reason = str(err).split("WeightsUnpickler error:")[-1].split("\n\n")[0].strip()
         raise ValueError(
-            f"refused to load {path}: it holds objects other than tensors and plain containers, and loading them "
-            f"would run arbitrary code. Only load checkpoints written by this package or converted to safetensors. ({err})"
+            f"refused to load {path}: it is corrupt or another format, or it holds objects other than tensors and "
+            "plain containers, and loading those would run arbitrary code. Only load checkpoints written by this "
+            "package or converted to safetensors." + (f" ({reason})" if reason else "")
         ) from None
-    except (RuntimeError, EOFError) as err:
+    except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from None
