@@ -1,0 +1,1 @@
+"""Image tokenizers: the VQGAN of DALL·E Mini / Mega (`vqgan`) and its weights."""
