@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from .dvae import DiscreteVAE
+from .dvae import DiscreteVAE, DVAEConfig
 from .model import DALLE, DALLEConfig
 from .tokenizer import BPETokenizer
 
@@ -82,7 +82,12 @@ class DALLEModule(pl.LightningModule):
         sample_top_p: nucleus sampling mass for the samples (None: no nucleus filter).
         sample_seed: random seed of the samples (fixed, so the grids of successive epochs are comparable).
         export_dir: where the trained model, tokenizer and dVAE are saved at the end of fit (default <log_dir>/dalle).
+        replace_vae: resume (``--ckpt_path``) with the dVAE at vae_path although it is not the checkpoint's: its
+            tokens mean other images, so the image loss starts over. Without it such a resume is refused.
     """
+
+    # May differ from the checkpoint's when resuming with --ckpt_path (VitDalleCLI); the dVAE is checked on load.
+    resume_options = ("vae_path", "replace_vae")
 
     def __init__(
         self,
@@ -118,6 +123,7 @@ class DALLEModule(pl.LightningModule):
         sample_top_p: float | None = 0.9,
         sample_seed: int = 0,
         export_dir: str | None = None,
+        replace_vae: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= caption_dropout < 1.0:
@@ -217,6 +223,7 @@ class DALLEModule(pl.LightningModule):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_vae(checkpoint)
         saved = BPETokenizer(Tokenizer.from_str(checkpoint["tokenizer_json"]))
         if self.model is None:
             self._build(saved)
@@ -239,6 +246,31 @@ class DALLEModule(pl.LightningModule):
             self._build(saved)
         if self._trainer is not None:
             self._save_tokenizer()
+
+    def _check_vae(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on another dVAE than vae_path's, unless replace_vae asks for it."""
+        config, weights = checkpoint.get("vae_config"), checkpoint.get("vae_state_dict")
+        if config is None or weights is None:
+            return
+        ours = self.vae.state_dict()
+        if config == self.vae.config.to_dict() and all(torch.equal(weights[k], v.cpu()) for k, v in ours.items()):
+            return
+        saved = DVAEConfig.from_dict(config)
+        tokens = (saved.num_tokens, saved.grid_size)
+        if tokens != (self.vae.num_tokens, self.vae.grid_size):
+            raise ValueError(
+                f"the checkpoint was trained on a dVAE of {tokens[0]} codes x {tokens[1]}x{tokens[1]} tokens, but "
+                f"model.vae_path={self.hparams.vae_path} makes {self.vae.num_tokens} codes x "
+                f"{self.vae.grid_size}x{self.vae.grid_size}: this transformer cannot read its tokens. Resume with the "
+                "checkpoint's dVAE, or train a new model on this one (without --ckpt_path)."
+            )
+        if not self.hparams.get("replace_vae", False):
+            raise ValueError(
+                f"the checkpoint was trained on another dVAE than model.vae_path={self.hparams.vae_path} (same token "
+                "shape, other weights): its image tokens would mean other images. Resume with the checkpoint's "
+                "dVAE, or pass --model.replace_vae true to go on with this one on purpose."
+            )
+        rank_zero_warn(f"resuming with the dVAE at {self.hparams.vae_path} instead of the checkpoint's (replace_vae)")
 
     # ------------------------------------------------------------------------------------------ steps
 

@@ -143,3 +143,22 @@ def test_training_lowers_the_loss_and_generates_from_the_checkpoint(vae_dir, tmp
     model, tokenizer, vae = load_pipeline(run.checkpoint_callback.last_model_path)
     out = generate_images(model, tokenizer, vae, ["a small red circle in the top left"], num_images=2, seed=0)
     assert out.images.shape == (1, 2, 3, 16, 16)
+
+
+def test_resuming_with_another_dvae_is_refused_unless_asked(vae_dir, tmp_path) -> None:
+    run = trainer(tmp_path / "first", max_steps=2, limit_val_batches=0)
+    run.fit(tiny_module(vae_dir, sample_images_per_prompt=0), shapes())
+    ckpt_path = run.checkpoint_callback.last_model_path
+
+    torch.manual_seed(1)  # the same token shape, other weights: a retrained dVAE at the same path, say
+    DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(tmp_path / "b")
+    DiscreteVAE(image_size=16, num_tokens=64, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match="another dVAE than model.vae_path=.*--model.replace_vae true"):
+        trainer(tmp_path / "b_run", max_steps=3).fit(tiny_module(tmp_path / "b"), shapes(), ckpt_path=ckpt_path)
+    with pytest.raises(ValueError, match="32 codes x 4x4 tokens, but model.vae_path=.* makes 64 codes x 4x4"):
+        trainer(tmp_path / "c_run", max_steps=3).fit(tiny_module(tmp_path / "c", replace_vae=True), shapes(),
+                                                     ckpt_path=ckpt_path)
+    replaced = tiny_module(tmp_path / "b", replace_vae=True, sample_images_per_prompt=0)
+    with pytest.warns(UserWarning, match="instead of the checkpoint's"):
+        trainer(tmp_path / "b_ok", max_steps=3, limit_val_batches=0).fit(replaced, shapes(), ckpt_path=ckpt_path)
+    assert replaced.global_step == 3
