@@ -36,7 +36,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SHARD_IMAGE_KEYS = "jpg;jpeg;png;webp"
 
 # What PIL raises for unreadable, truncated or malicious files.
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -128,7 +128,7 @@ class CaptionFolder(Dataset):
                 try:
                     with Image.open(p) as image:
                         image.verify()
-                except _IMAGE_ERRORS as error:
+                except IMAGE_ERRORS as error:
                     corrupt.append((p, error))
             if corrupt:
                 warnings.warn(
@@ -172,7 +172,7 @@ class CaptionFolder(Dataset):
             i = (index + attempt) % len(self)
             try:
                 return self._load(i)
-            except _IMAGE_ERRORS as error:
+            except IMAGE_ERRORS as error:
                 self.num_failed += 1
                 warnings.warn(
                     f"CaptionFolder: could not load {self.paths[i]} ({error}); using the next item instead "

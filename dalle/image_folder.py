@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from core_attention.training import fixed_order_sampler
 
-from .caption_data import IMAGE_EXTENSIONS, image_transform, open_image
+from .caption_data import IMAGE_ERRORS, IMAGE_EXTENSIONS, image_transform, open_image
 from .datamodules import dataloader, holdout_split
 
 __all__ = ["ImageFiles", "ImageFolderDataModule"]
@@ -41,9 +41,10 @@ class ImageFiles(Dataset):
             path = self.paths[(index + attempt) % len(self)]
             try:
                 return {"image": self.transform(open_image(path, self.image_size))}
-            except (OSError, ValueError, SyntaxError) as error:  # unreadable file: use the next one, say so
+            except IMAGE_ERRORS as error:  # unreadable file or decompression bomb: use the next one, say so
                 self.num_failed += 1
-                warnings.warn(f"ImageFiles: could not load {path} ({error}); using the next image", stacklevel=2)
+                warnings.warn(f"ImageFiles: could not load {path} ({error}); using the next image instead "
+                              f"({self.num_failed} failure(s) so far in this process)", stacklevel=2)
         raise RuntimeError(f"ImageFiles: 10 consecutive images from index {index} failed to load")
 
 

@@ -7,6 +7,7 @@ image files listed in `predict_paths`. Augmentation comes from timm (RandAugment
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 _MODES = {1: "L", 3: "RGB"}
+# What PIL raises for a file it cannot decode: corrupt, truncated, empty, not an image, or a decompression bomb
+# (more pixels than Image.MAX_IMAGE_PIXELS allows, which is not an OSError).
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # Modes that hold the same kind of picture as the target mode and convert losslessly enough to do so silently.
 _COMPATIBLE = {"RGB": {"RGB", "P", "CMYK", "YCbCr"}, "L": {"L", "I", "I;16", "I;16B", "I;16L", "F", "1"}}
 
@@ -46,6 +50,11 @@ def load_image(path: str | Path, in_chans: int, *, convert: bool = False) -> Ima
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"{path} is too large to open safely ({err}). If you trust the file, shrink it first, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS in your own script."
+        ) from None
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{path} is not a readable image: {err}") from None
     want = _MODES[in_chans]
@@ -81,6 +90,29 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, str]:
         return self.transform(load_image(self.paths[i], self.in_chans, convert=self.convert)), self.paths[i]
+
+
+class SkipUnreadable(Dataset):
+    """A (PIL image, label) dataset whose unreadable files (see IMAGE_ERRORS) are replaced by the next one, with a
+    warning naming each file and a running count in `num_failed`: one bad file never ends the epoch."""
+
+    def __init__(self, base: Any, max_consecutive: int = 10) -> None:
+        self.base, self.max_consecutive, self.num_failed = base, max_consecutive, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for attempt in range(min(len(self), self.max_consecutive)):
+            i = (index + attempt) % len(self)
+            try:
+                return self.base[i]
+            except IMAGE_ERRORS as error:
+                self.num_failed += 1
+                warnings.warn(f"could not load {self.base.samples[i][0]} ({error}); using the next image instead "
+                              f"({self.num_failed} failure(s) so far in this process)", stacklevel=2)
+        raise RuntimeError(f"{self.max_consecutive} consecutive images from {self.base.samples[index][0]} on failed to "
+                           "load: is this a folder of images?")
 
 
 class _Transformed(Dataset):
@@ -374,7 +406,7 @@ class ImageFolderDataModule(ImageDataModule):
         classes = self._folder_classes(root)
         if classes != self.classes:
             raise ValueError(f"{root} has classes {classes[:5]}... but the training folder has {self.classes[:5]}...; every split needs the same class sub-folders")
-        return ImageFolder(root, transform=transform)
+        return SkipUnreadable(ImageFolder(root, transform=transform))
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
