@@ -150,17 +150,22 @@ def test_readme_command_parses(line: int, module: str, args: list[str], fenced: 
     if module == "vit":
         import vit.__main__ as cli
 
-        assert subcommand in (*lightning, "attention", "--help"), f"README.md:{line}: no `python -m vit {subcommand}`"
+        from vit.clip.zero_shot import zero_shot_parser
+
+        known = (*lightning, "attention", "zero-shot", "--help")
+        assert subcommand in known, f"README.md:{line}: no `python -m vit {subcommand}`"
         main, lightning_cli = cli.main, subcommand in lightning
-        parser = cli.attention_parser() if subcommand == "attention" else None
+        parser = {"attention": cli.attention_parser, "zero-shot": zero_shot_parser}.get(subcommand, lambda: None)()
     elif module == "dalle":
         import dalle.__main__ as cli
         from dalle.evaluate import evaluate_parser
         from dalle.generate import generate_parser
+        from dalle.judges.clip_score import clip_score_parser
 
         assert subcommand in (*cli.COMMANDS, "--help"), f"README.md:{line}: no `python -m dalle {subcommand}`"
         main, lightning_cli = cli.main, subcommand.startswith("fit")
-        parser = {"generate": generate_parser, "evaluate": evaluate_parser}.get(subcommand, lambda: None)()
+        parsers = {"generate": generate_parser, "evaluate": evaluate_parser, "clip-score": clip_score_parser}
+        parser = parsers.get(subcommand, lambda: None)()
         if subcommand == "demo":  # takes only --out DIR and --quick; running it is `make demo`
             assert all(a in ("--out", "--quick", "--help") or not a.startswith("-") for a in rest)
     elif module == "dalle.convert_openai":
