@@ -353,7 +353,7 @@ def download_from_hub(repo: str) -> Path:
             log.warning("no %s in %s (%s); pass variant= to say whether it uses QuickGELU", HUB_CONFIG, repo, err)
         return weights
     raise FileNotFoundError(
-        f"could not download CLIP weights from the Hugging Face Hub repo {repo!r} ({'; '.join(errors)}). Offline? "
+        f"could not download CLIP weights from the Hugging Face Hub repo {repo!r} ({errors[0]}). Offline? "
         f"On a machine with network, download https://huggingface.co/{repo}/resolve/main/{HUB_FILES[0]} (and "
         f"{HUB_CONFIG}) into one folder and pass that folder instead (or the file, with variant=...)"
     )
