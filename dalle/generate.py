@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from core_attention.io import check_writable
+
 if TYPE_CHECKING:
     from .dvae import DiscreteVAE
     from .model import DALLE
@@ -135,8 +137,11 @@ class GenerationResult:
 def check_prompts(prompts: str | Sequence[str], *, allow_empty: bool) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
-    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+    if not isinstance(prompts, Sequence):
         raise TypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts[{i}] is {prompt!r} ({type(prompt).__name__}): every prompt must be a str")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given: pass at least one text (an empty string \"\" asks for unconditional images)")
@@ -319,14 +324,17 @@ def generate_parser() -> argparse.ArgumentParser:
         "Writes a PNG grid (one row per prompt) and each image as its own PNG.",
     )
     p.add_argument("prompts", nargs="+", help='one or more prompts; "" is the unconditional prompt (needs --guidance-scale or --unconditional)')
-    p.add_argument("--checkpoint", required=True, help="a .ckpt written by `python -m dalle fit`, or an exported folder (model.safetensors, tokenizer.json, vae/)")
+    p.add_argument("--checkpoint", default=None, help="a .ckpt written by `python -m dalle fit`, or an exported folder (model.safetensors, tokenizer.json, vae/)")
+    p.add_argument("--pretrained", default=None, metavar="mini|mega|DIR",
+                   help="instead of --checkpoint: DALL·E Mini / Mega (downloaded from Hugging Face) or a folder of their weights (see README)")
     p.add_argument("-n", "--num-images", type=int, default=8, help="images per prompt (default 8)")
     p.add_argument("--out", default="grid.png", help="grid PNG path (default grid.png); single images go to <out stem>/")
     p.add_argument("--individual-dir", default=None, help="folder for the single images (default: <out stem>/)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0; below 1 is more conservative; default 1)")
-    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: no filter)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: no filter; 256 with --pretrained)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the most likely tokens up to this mass")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off; 2-4 typical, with --top-p 0.9)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance (default 1 = off; 2-4 typical, with --top-p 0.9; --pretrained: 16, min-dalle's)")
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed -> same images); printed when not given")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (x2 with guidance)")
     p.add_argument("--unconditional", action="store_true", help="allow empty prompts without guidance")
@@ -360,6 +368,14 @@ def generate_main(argv: list[str]) -> int:
     from .module import load_pipeline
 
     args = generate_parser().parse_args(argv)
+    if args.pretrained is not None:
+        from .pretrained import generate_pretrained_main
+
+        return generate_pretrained_main(args)
+    if args.checkpoint is None:
+        generate_parser().error("pass --checkpoint CKPT (a model trained here) or --pretrained mini|mega|DIR")
+    check_writable(args.out, what="grid image (--out)")  # before the model loads and samples, not after
+    check_writable(args.individual_dir or Path(args.out).with_suffix(""), folder=True, what="folder of single images")
     device = torch.device(args.device)
     model, tokenizer, vae = load_pipeline(args.checkpoint, map_location=device)
     if args.bf16:
@@ -369,8 +385,9 @@ def generate_main(argv: list[str]) -> int:
     result = generate_images(
         model, tokenizer, vae, args.prompts,
         num_images=args.num_images, candidates=args.candidates, rerank=rerank, batch_size=args.batch_size,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale,
-        seed=args.seed, prime_image=prime, prime_rows=args.prime_rows, unconditional=args.unconditional,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale, seed=args.seed,
+        prime_image=prime, prime_rows=args.prime_rows, unconditional=args.unconditional,
         use_cache=not args.no_cache,
     )  # fmt: skip
     paths = save_images(result.images, args.out, individual_dir=args.individual_dir)

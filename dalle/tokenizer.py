@@ -85,6 +85,12 @@ class BPETokenizer:
     def _fit(self, ids: list[int], text: str, text_seq_len: int) -> torch.Tensor:
         # A literal "[PAD]" typed in a prompt must not become padding in the middle of the text.
         ids = [UNK_ID if i == PAD_ID else i for i in ids]
+        if UNK_ID in ids and not any(i != UNK_ID and self.tokenizer.id_to_token(i).strip("▁ ") for i in ids):
+            warnings.warn(
+                f"every character of {text!r} is unknown to this tokenizer (it was trained on other text): the model "
+                "reads it as [UNK] only, close to an empty prompt",
+                stacklevel=3,
+            )
         if len(ids) > text_seq_len:
             kept = self.tokenizer.decode(ids[:text_seq_len], skip_special_tokens=False)
             warnings.warn(

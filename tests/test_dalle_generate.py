@@ -194,7 +194,11 @@ def test_prompt_validation(pipeline) -> None:
     with pytest.raises(ValueError, match="unconditional=True"):
         generate_images(model, tokenizer, vae, ["a red circle", ""])
     with pytest.raises(TypeError, match="str or a list of str"):
-        generate_images(model, tokenizer, vae, [1, 2])
+        generate_images(model, tokenizer, vae, 3)
+    with pytest.raises(TypeError, match=r"prompts\[1\] is None \(NoneType\): every prompt must be a str"):
+        generate_images(model, tokenizer, vae, ["a red circle", None])
+    with pytest.warns(UserWarning, match="every character of '日本語 😀' is unknown to this tokenizer"):
+        generate_images(model, tokenizer, vae, "日本語 😀", seed=0)
     with pytest.raises(ValueError, match="no prompts"):
         generate_images(model, tokenizer, vae, [])
     # the empty prompt is fine where guidance runs the unconditional pass anyway, or when asked for explicitly
@@ -269,3 +273,8 @@ def test_cli_writes_grid_and_single_images(pipeline, tmp_path, capsys) -> None:
     with pytest.raises(ValueError, match="pass --prime-resize"):
         generate_main([*argv, "--prime-image", str(prime), "--prime-rows", "1"])
     assert generate_main([*argv, "--prime-image", str(prime), "--prime-rows", "1", "--prime-resize"]) == 0
+    (tmp_path / "a_file").write_text("")
+    capsys.readouterr()
+    with pytest.raises(PermissionError, match="cannot write the grid image .*a_file/grid.png"):
+        generate_main([*argv[:-6], "--out", str(tmp_path / "a_file" / "grid.png")])
+    assert "seed" not in capsys.readouterr().out  # refused before generating

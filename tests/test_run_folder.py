@@ -132,3 +132,16 @@ def test_predict_checks_its_output_file_before_predicting(tmp_path, capsys):
         main(["predict", str(tmp_path / "digit.png"), *common, "--ckpt_path", "last",
               "--model.predict_output", str(tmp_path / "a_file" / "preds.csv")])
     assert "digit.png:" not in capsys.readouterr().out  # refused before the work, not after
+
+
+def test_fit_vae_checks_its_export_folder_before_training(tmp_path):
+    from dalle.dvae_module import fit_vae_main
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(PermissionError, match=r"cannot write the export folder .*a_file/dvae"):
+        fit_vae_main([
+            "--config", str(REPO / "configs/dalle/shapes_vae.yaml"), f"--trainer.default_root_dir={tmp_path / 'run'}",
+            "--trainer.max_steps=1", "--model.image_size=16", "--model.hidden_dim=8", "--model.num_tokens=32",
+            "--data.init_args.image_size=16", f"--model.export_dir={tmp_path / 'a_file' / 'dvae'}",
+        ])
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # refused before any training

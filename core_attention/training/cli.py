@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
+from ..io import check_writable
 from .callbacks import FiniteLossGuard, TrainingCurves
 from .checkpoint_io import AtomicCheckpointIO, load_checkpoint, remove_stale_temp_files
 
@@ -115,6 +116,10 @@ class VitDalleCLI(LightningCLI):
         the old model (Lightning writes `last-v1.ckpt` beside it) and nothing would say so."""
         cfg = self._run_config()
         dirpath = Path(cfg.checkpoint.dirpath)
+        check_writable(dirpath, folder=True, what="checkpoint folder")  # before training, not at its first save
+        export_dir = getattr(self.model, "hparams", {}).get("export_dir")
+        if export_dir:
+            check_writable(export_dir, folder=True, what="export folder (--model.export_dir)")
         removed = remove_stale_temp_files(dirpath)
         if removed:
             rank_zero_info(f"removed {len(removed)} unfinished checkpoint write(s) left in {dirpath} by a killed run")
