@@ -206,7 +206,8 @@ class DalleBart(nn.Module):
 
         Args:
             text: (P, T) prompts' ids. uncond: (1, T) the empty prompt's ids, needed when guidance_scale != 1.
-            num_images: images per prompt; rows of a prompt are adjacent in the output.
+            num_images: images per prompt; rows of a prompt are adjacent in the output. Repeated prompts are
+                encoded once.
             temperature, top_k, guidance_scale: see `sample_image_tokens` (reference defaults: 1, 256, 16).
             generator: the random stream (same seed -> same ids). prime: (P * num_images, n) ids kept as the first
                 n tokens (the top n / 16 rows of an image), the rest is completed.
@@ -219,18 +220,18 @@ class DalleBart(nn.Module):
         check_sampling_args(temperature, top_k, None, guidance_scale)
         if guided and uncond is None:
             raise ValueError("guidance (guidance_scale != 1) needs the empty prompt's ids: pass uncond")
-        P, N = text.shape[0], c.image_seq_len
-        B = P * num_images
+        text = text.to(self.device).repeat_interleave(num_images, dim=0)  # (B, T)
+        B, N = text.shape[0], c.image_seq_len
         prime = text.new_zeros(B, 0) if prime is None else prime.to(self.device)
         if prime.shape[0] != B or prime.shape[1] >= N:
             raise ValueError(f"prime must be ({B}, n < {N}) image ids, got {tuple(prime.shape)}")
 
         # Encode each distinct prompt once (and the empty prompt once), then pick rows: conditional rows first.
-        texts = torch.cat([text, uncond]) if guided else text
-        encoded, mask = self.encode(texts.to(self.device)), self.text_mask(texts.to(self.device))
-        rows = torch.arange(P, device=self.device).repeat_interleave(num_images)
+        distinct, rows = torch.unique(text, dim=0, return_inverse=True)
         if guided:
-            rows = torch.cat([rows, torch.full_like(rows, P)])
+            distinct = torch.cat([distinct, uncond.to(self.device)])
+            rows = torch.cat([rows, torch.full_like(rows, len(distinct) - 1)])
+        encoded, mask = self.encode(distinct), self.text_mask(distinct)
         context, context_mask = encoded[rows], mask[rows]  # (R, T, D), (R, 1, 1, T)
 
         cache = self.init_cache(len(rows))

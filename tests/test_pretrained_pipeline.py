@@ -1,0 +1,107 @@
+"""DALL·E Mini / Mega end to end on a tiny random model: folder -> load -> prompts -> images, the CLI, priming,
+conversion, and the clear errors for a missing download and for too little memory. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dalle.generate import generate_main
+from dalle.pretrained import convert_pretrained, generate_pretrained, load_pretrained
+from dalle.transformer.bart import DalleBart, DalleBartConfig
+from dalle.vae.vqgan import VQGAN, VQGANConfig
+
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Our folder layout: model.safetensors + config.json, vocab.json + merges.txt, vqgan/. A 32 px VQGAN with a
+    16 x 16 grid keeps the real 256-token image sequence."""
+    path = tmp_path_factory.mktemp("pretrained")
+    chars = [chr(c) for c in range(33, 127)] + ["Ġ"]
+    vocab = {t: i for i, t in enumerate(SPECIALS + chars + ["Ġf", "ox", "Ġfox"])}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\nĠ f\no x\nĠf ox\n")
+    torch.manual_seed(0)
+    DalleBart(DalleBartConfig(text_vocab_size=len(vocab), image_vocab_size=64, codebook_size=64, dim=32,
+                              encoder_depth=1, decoder_depth=1, num_heads=2, glu_dim=48)).save_pretrained(path)
+    VQGAN(VQGANConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, resolution=32, z_channels=8, embed_dim=8,
+                      n_embed=64, num_groups=4)).save_pretrained(path / "vqgan")
+    return path
+
+
+def test_prompts_to_images(folder):
+    pipe = load_pretrained(folder)
+    result = generate_pretrained(pipe, ["a fox", "the snow"], num_images=2, batch_size=3, seed=3)
+    assert result.images.shape == (2, 2, 3, 32, 32) and result.ids.shape == (2, 2, 256) and result.seed == 3
+    assert 0 <= result.images.min() and result.images.max() <= 1
+    again = generate_pretrained(pipe, ["a fox", "the snow"], num_images=2, batch_size=3, seed=3)
+    assert torch.equal(result.ids, again.ids)  # same seed and batch size: same images
+    assert not torch.equal(result.ids[0], result.ids[1])  # a batch of different prompts
+    torch.testing.assert_close(pipe.vqgan.decode(result.ids[1, 0][None]), result.images[1, 0][None])
+
+
+def test_priming_keeps_the_images_top_rows(folder):
+    pipe = load_pretrained(folder)
+    image = torch.rand(3, 32, 32)
+    result = generate_pretrained(pipe, "a fox", num_images=2, seed=0, prime_image=image, prime_rows=12)
+    kept = pipe.vqgan.encode(image[None])[:, :12].flatten(1)  # 12 token rows = 192 tokens
+    assert torch.equal(result.ids[0, :, :192], kept.expand(2, -1))
+
+
+def test_cli_writes_grid_and_images(folder, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert generate_main(["a fox", "", "--pretrained", str(folder), "-n", "2", "--out", str(out), "--seed", "5",
+                          "--guidance-scale", "4", "--top-k", "8"]) == 0
+    assert out.is_file() and len(list((tmp_path / "grid").glob("*.png"))) == 4
+    assert "seed 5" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--top-p"):
+        generate_main(["a fox", "--pretrained", str(folder), "--top-p", "0.9", "--out", str(out)])
+
+
+def test_convert_to_our_folder(folder, tmp_path):
+    out = convert_pretrained(folder, tmp_path / "converted", dtype=torch.float16)
+    assert safe_open(out / "model.safetensors", "pt").get_tensor("lm_head.weight").dtype == torch.float16
+    pipe = load_pretrained(out, dtype=torch.bfloat16)  # loads in the asked dtype whatever the stored one
+    assert pipe.model.dtype == torch.bfloat16 and (out / "vocab.json").is_file() and (out / "vqgan").is_dir()
+
+
+def test_offline_download_names_the_files(monkeypatch):
+    def offline(repo_id, **kwargs):
+        raise OSError("no internet")
+
+    monkeypatch.setattr("dalle.pretrained.snapshot_download", offline)
+    with pytest.raises(FileNotFoundError) as err:
+        load_pretrained("mini")
+    message = str(err.value)
+    for needed in ("huggingface.co/dalle-mini/dalle-mini", "flax_model.msgpack", "vocab.json", "merges.txt",
+                   "dalle-mini/vqgan_imagenet_f16_16384", "DIR/vqgan/", "--pretrained DIR", "no internet"):
+        assert needed in message
+
+
+def test_too_little_memory_fails_before_loading(monkeypatch, tmp_path):
+    (tmp_path / "vqgan").mkdir()
+    mega = {"architecture": "dalle-bart", **DalleBartConfig.mega().to_dict()}
+    (tmp_path / "config.json").write_text(json.dumps(mega))
+    monkeypatch.setattr("dalle.pretrained.available_memory", lambda device: 4 * 2**30)
+    with pytest.raises(MemoryError, match=r"2\.\d\d B parameters: 1\d\.\d GiB to run in fp32, [67]\.\d GiB in fp16"):
+        load_pretrained(tmp_path)  # no weights in the folder: the check must come first
+
+
+def test_unknown_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mini, mega or a folder"):
+        load_pretrained(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="no VQGAN folder"):
+        load_pretrained(tmp_path)
