@@ -81,6 +81,18 @@ def open_image(source: str | Path | bytes, image_size: int | None = None) -> Ima
         return to_rgb(image)
 
 
+def decode_caption(data: bytes) -> tuple[str, bool]:
+    """(text, is_utf8): UTF-8 (a BOM is dropped), else Windows-1252 / Latin-1, the usual encoding of older files,
+    instead of U+FFFD replacement characters the tokenizer would learn as words."""
+    try:
+        return data.decode("utf-8-sig"), True
+    except UnicodeDecodeError:
+        try:
+            return data.decode("cp1252"), False
+        except UnicodeDecodeError:  # the 5 bytes cp1252 leaves undefined
+            return data.decode("latin-1"), False
+
+
 def _caption_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -138,6 +150,7 @@ class CaptionFolder(Dataset):
                 )
                 bad = {p for p, _ in corrupt}
                 self.paths = [p for p in self.paths if p not in bad]
+        self._check_captions()
         if not self.paths:
             raise ValueError(
                 f"CaptionFolder: no captioned images found in {self.root}. Expected image files "
@@ -145,12 +158,34 @@ class CaptionFolder(Dataset):
                 f"{self.root / '0001.png'} + {self.root / '0001.txt'} (one caption per line)."
             )
 
+    def _check_captions(self) -> None:
+        """One warning each for caption files that are not UTF-8 and for empty ones, with the count and an example."""
+        not_utf8, empty = [], []
+        for path in self.paths:
+            text, is_utf8 = decode_caption(path.with_suffix(".txt").read_bytes())
+            if not is_utf8:
+                not_utf8.append(path.with_suffix(".txt"))
+            if not _caption_lines(text):
+                empty.append(path.with_suffix(".txt"))
+        if not_utf8:
+            warnings.warn(
+                f"CaptionFolder({self.root}): {len(not_utf8)} caption file(s) are not UTF-8 and were read as "
+                f"Windows-1252 / Latin-1, e.g. {not_utf8[0]}: check their accents, or save them as UTF-8",
+                stacklevel=3,
+            )
+        if empty:
+            warnings.warn(
+                f"CaptionFolder({self.root}): {len(empty)} caption file(s) are empty, e.g. {empty[0]}: their images "
+                "train as the unconditional (empty) prompt. Write a caption, or remove the pair.",
+                stacklevel=3,
+            )
+
     def __len__(self) -> int:
         return len(self.paths)
 
     def captions_of(self, index: int) -> list[str]:
         """All caption lines of item ``index``."""
-        return _caption_lines(self.paths[index].with_suffix(".txt").read_text(encoding="utf-8", errors="replace"))
+        return _caption_lines(decode_caption(self.paths[index].with_suffix(".txt").read_bytes())[0])
 
     def iter_captions(self, indices: Iterable[int] | None = None) -> Iterator[str]:
         """Every caption line of the given items (all by default): input for tokenizer training."""
@@ -184,11 +219,18 @@ class CaptionFolder(Dataset):
 
 # ------------------------------------------------------------------------------------------------------- WebDataset
 
+def _shard_caption(data: bytes) -> str:
+    text, is_utf8 = decode_caption(data)
+    if not is_utf8:  # one message per process (Python shows a repeated warning once)
+        warnings.warn("a caption in the shards is not UTF-8: read as Windows-1252 / Latin-1", stacklevel=2)
+    return text
+
+
 def _shard_item(sample: tuple[bytes, bytes], image_size: int, transform: Callable) -> dict:
     image_bytes, text_bytes = sample
     return {
         "image": transform(open_image(image_bytes, image_size)),
-        "caption": pick_caption(text_bytes.decode("utf-8", errors="replace")),
+        "caption": pick_caption(_shard_caption(text_bytes)),
     }
 
 
@@ -245,7 +287,7 @@ def shard_captions(urls: str | list[str], limit: int | None = None) -> Iterator[
     dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
     count = 0
     for (text,) in dataset.to_tuple("txt"):
-        for line in _caption_lines(text.decode("utf-8", errors="replace")):
+        for line in _caption_lines(_shard_caption(text)):
             if limit is not None and count >= limit:
                 return
             count += 1

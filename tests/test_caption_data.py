@@ -70,6 +70,20 @@ def test_caption_folder(tmp_path):
         ds[good]
 
 
+def test_caption_folder_reads_latin1_captions_and_reports_empty_ones(tmp_path):
+    for name, caption in (("accents", "un café rouge".encode("cp1252")), ("utf8", "un café bleu".encode()),
+                          ("empty", b"\n  \n")):
+        Image.new("RGB", (16, 16)).save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_bytes(caption)
+    with pytest.warns(UserWarning) as record:
+        ds = CaptionFolder(tmp_path, image_size=16)
+    messages = [str(w.message) for w in record]
+    assert any("1 caption file(s) are not UTF-8" in m and "accents.txt" in m for m in messages), messages
+    assert any("1 caption file(s) are empty" in m and "empty.txt" in m and "unconditional" in m for m in messages)
+    captions = {p.stem: ds.captions_of(i) for i, p in enumerate(ds.paths)}
+    assert captions == {"accents": ["un café rouge"], "utf8": ["un café bleu"], "empty": []}
+
+
 def test_caption_folder_load_time_failure_is_replaced(tmp_path):
     make_folder(tmp_path / "data")
     # A truncated JPEG passes the cheap verify() but fails to decode.
