@@ -56,6 +56,8 @@ BUDGETS: dict[str, dict[str, list[str]]] = {
         "evaluate": ["--num-prompts", "8", "--images-per-prompt", "2", "--classifier-steps", "500"],
     },
 }
+# A demo stopped half-way goes on from its last checkpoint when run again (stages already done are skipped).
+RESUME = "--ckpt_path=last-or-new"
 # How every sample is drawn (as configs/dalle/shapes.yaml recommends): guidance in the nucleus of the conditional pass.
 SAMPLING = ["--guidance-scale", "3", "--top-p", "0.9"]
 
@@ -65,7 +67,8 @@ def train_vit(out: Path, budget: dict[str, list[str]]) -> dict[str, Path]:
     ckpt = root / "checkpoints" / "last.ckpt"
     config = "configs/vit/digits.yaml"
     if not ckpt.is_file():
-        run("ViT on the bundled digits: fit", "vit", "fit", "--config", config, f"--trainer.default_root_dir={root}", *budget["vit"])
+        run("ViT on the bundled digits: fit", "vit", "fit", "--config", config, f"--trainer.default_root_dir={root}",
+            RESUME, *budget["vit"])
     run("ViT: test accuracy", "vit", "test", "--config", config, f"--trainer.default_root_dir={root}", f"--ckpt_path={ckpt}")
     image = write_digit_image(root / "digit.png")
     attention = root / "attention.png"
@@ -89,12 +92,12 @@ def write_digit_image(path: Path) -> Path:
 def train_dalle(out: Path, budget: dict[str, list[str]]) -> dict[str, Path]:
     vae_dir, dalle_root = out / "dvae", out / "dalle"
     if not (vae_dir / "dvae" / "model.safetensors").is_file():
-        run("dVAE on captioned shapes: fit", "dalle", "fit-vae", "--config", "configs/dalle/shapes_vae.yaml",
+        run("dVAE on captioned shapes: fit", "dalle", "fit-vae", "--config", "configs/dalle/shapes_vae.yaml", RESUME,
             f"--trainer.default_root_dir={vae_dir}", f"--trainer.logger.init_args.save_dir={vae_dir}",
             f"--model.export_dir={vae_dir / 'dvae'}", *budget["dvae"])  # fmt: skip
     ckpt = dalle_root / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        run("DALL·E on captioned shapes: fit", "dalle", "fit", "--config", "configs/dalle/shapes.yaml",
+    if not (dalle_root / "dalle" / "model.safetensors").is_file():  # exported at the end of fit: the stage is done
+        run("DALL·E on captioned shapes: fit", "dalle", "fit", "--config", "configs/dalle/shapes.yaml", RESUME,
             f"--trainer.default_root_dir={dalle_root}", f"--model.vae_path={vae_dir / 'dvae'}",
             f"--model.export_dir={dalle_root / 'dalle'}", *budget["dalle"])  # fmt: skip
     grid = out / "generated" / "grid.png"

@@ -15,7 +15,7 @@ def _fake_run(calls: list[list[str]]):
         elif args[:2] == ("dalle", "fit-vae"):
             ckpt = Path(opts["--model.export_dir"]) / "model.safetensors"
         elif args[:2] == ("dalle", "fit"):
-            ckpt = Path(opts["--trainer.default_root_dir"]) / "checkpoints" / "last.ckpt"
+            ckpt = Path(opts["--model.export_dir"]) / "model.safetensors"
         elif args[:2] == ("dalle", "evaluate"):
             ckpt = Path(args[args.index("--out") + 1]) / "report.json"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +41,8 @@ def test_demo_stages_budgets_and_reuse(tmp_path, monkeypatch, capsys) -> None:
     assert "--trainer.max_steps=1000" in by_name["dalle", "fit-vae"] and "--trainer.max_steps=450" in by_name["dalle", "fit"]
     assert f"--model.export_dir={out / 'dalle' / 'dalle'}" in by_name["dalle", "fit"]  # everything stays under --out
     assert f"--trainer.logger.init_args.save_dir={out / 'dvae'}" in by_name["dalle", "fit-vae"]
+    for fit in (by_name["vit", "fit"], by_name["dalle", "fit-vae"], by_name["dalle", "fit"]):
+        assert "--ckpt_path=last-or-new" in fit  # a demo stopped half-way resumes instead of being refused
     for sampled in (by_name["dalle", "generate"], by_name["dalle", "evaluate"]):
         assert "--guidance-scale" in sampled and "--top-p" in sampled
     assert (out / "vit" / "digit.png").is_file()
