@@ -156,6 +156,12 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:
         """Preprocessed images (B, 3, S, S) -> embeddings (B, E); see `preprocess`."""
+        size = self.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, *size):
+            raise ValueError(
+                f"expected images of shape (B, 3, {size[0]}, {size[1]}), got {tuple(images.shape)}: run them through "
+                "model.preprocess (CLIP's resize, centre crop and normalisation)"
+            )
         x = self.visual_proj(self.visual(images))  # (B, E)
         return F.normalize(x, dim=-1) if normalize else x
 
