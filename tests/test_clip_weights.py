@@ -112,6 +112,10 @@ def test_hub_names_download_once_and_fail_clearly_offline(tmp_path, monkeypatch)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", cached)
     assert_same(load_clip("hf-hub:someone/tiny-clip"), ref)
     assert asked == [("someone/tiny-clip", name) for name in ("open_clip_model.safetensors", "open_clip_config.json")]
+    # A known repo gets its variant (OpenAI's QuickGELU) even when the hub config would not say it; checked here by
+    # the tiny files failing the variant's shapes.
+    with pytest.raises(ValueError, match="is not a ViT-B-32-quickgelu checkpoint"):
+        load_clip("hf-hub:timm/vit_base_patch32_clip_224.openai")
 
 
 def test_save_pretrained_folder_loads_through_load_clip(tmp_path):

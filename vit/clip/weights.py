@@ -294,7 +294,11 @@ def load_clip(source: str | Path, variant: str | None = None) -> CLIP:
         repo, default_variant = PRETRAINED[text]
         return load_clip(f"hf-hub:{repo}", variant or default_variant)
     if text.startswith("hf-hub:"):
-        return load_clip(download_from_hub(text[len("hf-hub:") :]), variant)
+        repo = text[len("hf-hub:") :]
+        # A known repo's variant wins over its open_clip_config.json: open_clip keeps OpenAI's QuickGELU in its
+        # pretrained tags, so a hub config alone may not say it.
+        known = {r: v for r, v in PRETRAINED.values()}
+        return load_clip(download_from_hub(repo), variant or known.get(repo))
     path = Path(source)
     if path.is_dir():
         if (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file():
