@@ -4,6 +4,8 @@ Image embeddings (img/s, preprocessed 224 px batches) and text embeddings (promp
 bf16 autocast, inference mode. Ours and open_clip take turns within every repeat, so both see the same machine
 load; the table reports each side's best repeat and the median of the per-repeat ratios ours/open_clip (> 1: ours
 is faster). No weights are downloaded: open_clip builds the model with random weights and ours copies them.
+Text runs twice: short prompts (ours stops at the last end token, open_clip computes all 77 positions) and prompts
+that fill the 77 tokens (the same work on both sides: the matmuls and attention alone).
 
     python benchmarks/clip_throughput.py                                  # ViT-B-32, CPU, all rows
     python benchmarks/clip_throughput.py --models ViT-B-32 ViT-B-16 --threads 2
@@ -88,10 +90,13 @@ def main() -> None:
         ours = load_open_clip_weights(CLIP.empty(config_from_state_dict(sd, quick_gelu="quickgelu" in name)), sd)
         size = ours.image_size[0]
         images = torch.randn(args.image_batch, 3, size, size)
-        ids = open_clip.tokenize([f"a photo of a number {i}, taken on a sunny day" for i in range(args.text_batch)])
+        short = open_clip.tokenize([f"a photo of a number {i}, taken on a sunny day" for i in range(args.text_batch)])
+        full = open_clip.tokenize([" ".join(["word"] * 80)] * args.text_batch)  # cut to 77 tokens: no padding
+        text = {"open_clip": ref.encode_text, "ours": ours.encode_text}
         towers = {
             "image": (images, {"open_clip": ref.encode_image, "ours": ours.encode_image}),
-            "text": (ids, {"open_clip": ref.encode_text, "ours": ours.encode_text}),
+            f"text ({int(short.argmax(-1).max()) + 1} tokens)": (short, text),
+            "text (77 tokens)": (full, text),
         }
         for tower, (inputs, fns) in towers.items():
             for dt in args.dtypes:

@@ -114,12 +114,16 @@ class TextTransformer(nn.Module):
         self.proj = nn.Linear(width, config.embed_dim, bias=False)
 
     def forward(self, ids: Tensor) -> Tensor:
-        b, length = ids.shape
-        x = self.token_embedding(ids) + self.pos_embed[:, :length]  # (B, L, W)
+        b = ids.shape[0]
+        end = ids.argmax(dim=-1)  # (B,) end-token positions
+        # Causal attention: nothing after the last end token reaches any end token, so the padding is not computed
+        # (a 10-token prompt costs 11 positions, not 77; the result is the same up to float rounding).
+        ids = ids[:, : int(end.max()) + 1]
+        x = self.token_embedding(ids) + self.pos_embed[:, : ids.shape[1]]  # (B, L, W)
         for block in self.blocks:
             x = block(x, is_causal=True)
         x = self.norm(x)
-        x = x[torch.arange(b, device=ids.device), ids.argmax(dim=-1)]  # (B, W): the end token
+        x = x[torch.arange(b, device=ids.device), end]  # (B, W): the end token
         return self.proj(x)  # (B, E)
 
 
