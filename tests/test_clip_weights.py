@@ -126,3 +126,6 @@ def test_save_pretrained_folder_loads_through_load_clip(tmp_path):
         load_clip(tmp_path)
     with pytest.raises(FileNotFoundError, match="CLIP weights nowhere.pt not found"):
         load_clip("nowhere.pt")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="broken.safetensors is not a valid safetensors file"):
+        load_clip(tmp_path / "broken.safetensors", variant="ViT-B-32")

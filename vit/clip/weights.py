@@ -192,6 +192,17 @@ def load_open_clip_weights(model: CLIP, source: str | Path | Mapping[str, Tensor
     return model.eval()
 
 
+def _saved_architecture(path: Path) -> str | None:
+    """The `architecture` that save_pretrained wrote into a safetensors header (read without the tensors)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("config", "{}")).get("architecture")
+    except Exception:  # not readable as safetensors: the full read that follows says why
+        return None
+
+
 def _config_json_quick_gelu(path: Path) -> bool | None:
     config_file = path.parent / HUB_CONFIG
     if not config_file.is_file():
@@ -231,7 +242,7 @@ def load_clip(source: str | Path, variant: str | None = None) -> CLIP:
         raise FileNotFoundError(
             f"CLIP weights {source} not found: give a file or folder, 'hf-hub:<repo>' or one of {', '.join(PRETRAINED)}"
         )
-    if path.suffix == ".safetensors" and load_safetensors(path)[1].get("architecture") == "CLIP":
+    if path.suffix == ".safetensors" and _saved_architecture(path) == "CLIP":
         return CLIP.from_pretrained(path)
     openai = is_torchscript(path)
     sd = read_open_clip_state_dict(path)
