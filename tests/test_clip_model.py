@@ -51,6 +51,8 @@ def test_wrong_image_size_and_bad_ids_are_clear_errors(pair):
         ours.encode_image(torch.zeros(1, 3, 256, 256))
     with pytest.raises(ValueError, match=r"token ids of shape \(B, L <= 77\).*model.tokenizer"):
         ours.encode_text(torch.zeros(1, 78, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"token ids of shape \(B, L <= 77\)"):
+        ours.encode_text(torch.zeros(0, 77, dtype=torch.long))
     with pytest.raises(ValueError, match="empty list of prompts"):
         ours.encode_prompts([])
 

@@ -172,7 +172,7 @@ class CLIP(nn.Module):
     def encode_text(self, ids: Tensor, normalize: bool = False) -> Tensor:
         """Token ids (B, L <= context_length) from `tokenizer` -> embeddings (B, E)."""
         max_len = self.text.context_length
-        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32) or not 0 < ids.shape[1] <= max_len:
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32) or not ids.numel() or ids.shape[1] > max_len:
             raise ValueError(
                 f"expected token ids of shape (B, L <= {max_len}) and an integer dtype, got "
                 f"{tuple(ids.shape)} {ids.dtype}: tokenize prompts with model.tokenizer(prompts)"
