@@ -1,0 +1,202 @@
+"""Image tokens per second of DALL·E Mini on our core (``DalleBart.generate``) against min-dalle, same random weights.
+
+    python benchmarks/generate_pretrained.py                       # Mini size, fp32 + bf16, 1 image and a batch of 4
+    python benchmarks/generate_pretrained.py --steps 8 --dim 64 --layers 2 --heads 4 --glu 96 --text-vocab 1000
+                                                                   # a seconds-long check that the script runs
+
+Both sides sample with min-dalle's defaults (super-conditioning 16, so 2 rows per image, top-k 256, temperature 1)
+from min-dalle's modules, whose random weights are copied into ours with our loader. min-dalle is timed through its
+own step, ``DalleBartDecoder.sample_tokens``, called the way ``MinDalle.generate_raw_image_stream`` calls it
+(its loop is those calls: the image tokens of one prompt, the text encoded once before). ``--steps`` below 256
+times the first that many steps of both: ours is stopped from its progress callback after that many tokens.
+
+Figures, each the median of --repeats runs, the implementations taking turns so that drift hits both alike:
+- tok/s: sampled image tokens per second (images x steps / time), the text encoder included.
+- peak MB: the largest rise of the process's resident memory during a call (sampled every 2 ms), weights excluded.
+- read floor: time to read every weight a decoding step must read (decoder projections and lm_head, ours: the
+  cross-attention query rows only) once per step; tok/s at the floor is how fast the machine's memory allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dalle.transformer.bart import DalleBart, DalleBartConfig  # noqa: E402
+from dalle.transformer.bart_weights import build, config_from_state, min_dalle_to_ours  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class StopEarly(Exception):
+    """Raised from `DalleBart.generate`'s progress callback to time only the first --steps tokens."""
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def peak_rise(run: Callable[[], object]) -> tuple[float, int]:
+    """(seconds, largest rise of resident memory in bytes) of one call."""
+    base, peak, done = rss(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss() - base)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    done.set()
+    watcher.join()
+    return seconds, max(peak[0], rss() - base)
+
+
+def cpu_flags() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "lscpu unavailable"
+    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
+    wanted = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
+    return f"{model}; flags: {' '.join(wanted) or 'none of avx*/amx*'}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=256, help="image tokens sampled per image (256 = whole images)")
+    p.add_argument("--batch", type=int, default=4, help="images of one prompt in the batch row (a square: 4, 9)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dim", type=int, default=1024)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--glu", type=int, default=2730)
+    p.add_argument("--text-vocab", type=int, default=50264)
+    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+
+    threads = args.threads or torch.get_num_threads()
+    from min_dalle.models import DalleBartDecoder, DalleBartEncoder  # its package import sets threads, no grad
+
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    print(f"CPU: {cpu_flags()}")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+    torch.manual_seed(0)
+    enc = DalleBartEncoder(layer_count=args.layers, embed_count=args.dim, attention_head_count=args.heads,
+                           text_vocab_count=args.text_vocab, text_token_count=64, glu_embed_count=args.glu,
+                           device=args.device).eval()
+    dec = DalleBartDecoder(image_vocab_count=2**14, embed_count=args.dim, attention_head_count=args.heads,
+                           glu_embed_count=args.glu, layer_count=args.layers, device=args.device).eval()
+    state = min_dalle_to_ours({k: v.clone() for k, v in enc.state_dict().items()},
+                              {k: v.clone() for k, v in dec.state_dict().items()})
+    base: DalleBart = build(state, config_from_state(state, num_heads=args.heads, start_token=2**14 - 1), "min-dalle")
+    n_params = sum(p.numel() for p in base.parameters())
+    print(f"model: {n_params / 1e6:.0f}M parameters (dim {args.dim}, {args.layers}+{args.layers} layers), "
+          f"{args.steps} steps per image")
+
+    g = torch.Generator().manual_seed(1)
+    text = torch.ones(2, 64, dtype=torch.long)
+    text[:, 0], text[0, 1] = 0, 2
+    text[1, 1:11], text[1, 11] = torch.randint(3, args.text_vocab, (10,), generator=g), 2
+    N = 256
+    rows_out = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        ours = base.to(dtype).to(args.device)
+        enc_d, dec_d = enc.to(dtype).to(args.device), dec.to(dtype).to(args.device)
+        step_weights = [ours.lm_head.weight]  # what a cached step reads: projections (cross-attention: queries only)
+        for name, w in ours.decoder.named_parameters():
+            if w.dim() == 2 and "embed" not in name:
+                step_weights.append(w[: w.shape[1]] if ".cross_attn.qkv" in name else w)
+        for images in (1, args.batch):
+            settings = torch.tensor([1.0, 256, 16.0])
+
+            def run_ours(images=images) -> None:
+                def stop_early(position: int) -> None:
+                    if position + 1 == args.steps < N:
+                        raise StopEarly
+
+                try:
+                    ours.generate(text[1:], text[:1], num_images=images, generator=torch.Generator().manual_seed(0),
+                                  on_step=stop_early)
+                except StopEarly:
+                    pass
+
+            def run_min_dalle(images=images) -> None:
+                idx = [0] * images + [1] * images
+                encoder_state = enc_d(text.to(args.device))[idx]
+                mask = text.to(args.device)[idx].ne(1)[:, None, None, :]
+                attention_state = torch.zeros(args.layers, images * 4, N, args.dim, device=args.device)
+                tokens = torch.full((images, N + 1), 2**14 - 1, dtype=torch.long, device=args.device)
+                positions = torch.arange(N, device=args.device)
+                for i in range(args.steps):
+                    tokens[:, i + 1], attention_state = dec_d.sample_tokens(
+                        settings=settings, attention_mask=mask, encoder_state=encoder_state,
+                        attention_state=attention_state, prev_tokens=tokens[:, [i]], token_index=positions[[i]])
+
+            def read_floor() -> None:
+                for _ in range(args.steps):
+                    for w in step_weights:
+                        w.sum()
+
+            runs = {"ours": run_ours, "min-dalle": run_min_dalle, "read floor": read_floor}
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            peaks: dict[str, list[int]] = {k: [] for k in runs}
+            failed: dict[str, str] = {}
+            for name, run in runs.items():  # one warm-up each
+                try:
+                    run()
+                except RuntimeError as err:
+                    failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+            for _ in range(args.repeats):
+                for name, run in runs.items():
+                    if name not in failed:
+                        t, m = peak_rise(run)
+                        times[name].append(t)
+                        peaks[name].append(m)
+            tok = {k: images * args.steps / statistics.median(v) for k, v in times.items() if v}
+            mb = {k: max(v) / 2**20 for k, v in peaks.items() if v}
+            rows_out.append((dtype_name, images, tok, mb, failed))
+            print(f"  {dtype_name} {images} image(s): " + ", ".join(
+                f"{k} {tok[k]:.1f} tok/s ({mb[k]:.0f} MB)" if k in tok else f"{k} failed ({failed[k]})" for k in runs),
+                flush=True)
+
+    print()
+    print("| dtype | images | ours tok/s | min-dalle tok/s | ours / min-dalle | read floor tok/s | ours / floor "
+          "| ours peak MB | min-dalle peak MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for dtype_name, images, tok, mb, failed in rows_out:
+        o, m, f = tok.get("ours"), tok.get("min-dalle"), tok.get("read floor")
+        cell = lambda x: f"{x:.1f}" if x is not None else "fails"  # noqa: E731
+        megabytes = lambda k: f"{mb[k]:.0f}" if k in mb else "-"  # noqa: E731
+        print(f"| {dtype_name} | {images} | {cell(o)} | {cell(m)} | {f'{o / m:.2f}x' if o and m else '-'} | "
+              f"{cell(f)} | {f'{o / f:.0%}' if o and f else '-'} | {megabytes('ours')} | {megabytes('min-dalle')} |")
+    for dtype_name, images, _, _, failed in rows_out:
+        for name, why in failed.items():
+            print(f"{name} failed in {dtype_name} with {images} image(s): {why}")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()
