@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit-vae": ("dalle.dvae_module", "fit_vae_main", "train the discrete VAE (stage 1) with LightningCLI"),
     "fit": ("dalle.module", "fit_main", "train the text-to-image transformer (stage 2) on a trained dVAE, with LightningCLI"),
     "generate": ("dalle.generate", "generate_main", 'images from text: generate "a red circle" -n 8 --checkpoint CKPT --out grid.png'),
+    "convert-pretrained": ("dalle.pretrained", "convert_main", "DALL·E Mini / Mega weights (by name or folder) -> our safetensors folder for generate --pretrained"),
     "evaluate": ("dalle.evaluate", "evaluate_main", "prompt adherence on held-in / held-out shapes prompts, scored by an attribute classifier"),
     "fit-classifier": ("dalle.attributes", "fit_classifier_main", "train the attribute classifier that `evaluate` scores with (LightningCLI)"),
     "clip-score": ("dalle.judges.clip_score", "clip_score_main", "CLIP score of images against their prompts"),

@@ -22,7 +22,7 @@ from huggingface_hub import snapshot_download
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .generate import GenerationResult, _load_image, check_prompts, prime_ids, save_images
+from .generate import GenerationResult, _load_image, check_prompts, keep_best, load_reranker, prime_ids, save_images
 from .model import available_memory
 from .transformer.bart import DalleBart, DalleBartConfig
 from .transformer.bart_tokenizer import BartTokenizer
@@ -30,8 +30,8 @@ from .transformer.bart_weights import config_from_flax, load_dalle_bart
 from .vae.vqgan import VQGAN
 from .vae.vqgan_weights import load_vqgan
 
-__all__ = ["PRETRAINED", "Pretrained", "convert_pretrained", "generate_pretrained", "generate_pretrained_main",
-           "load_pretrained", "memory_needed"]
+__all__ = ["PRETRAINED", "Pretrained", "convert_main", "convert_pretrained", "generate_pretrained",
+           "generate_pretrained_main", "load_pretrained", "memory_needed"]
 
 # name -> (Hugging Face repo, the files it needs); the VQGAN is shared by both.
 PRETRAINED = {
@@ -188,19 +188,44 @@ def generate_pretrained(
 
 def generate_pretrained_main(args: argparse.Namespace) -> int:
     """`python -m dalle generate --pretrained mini|mega|DIR PROMPT... -n N`: the generate command's options."""
-    unsupported = [flag for flag, value in (("--top-p", args.top_p), ("--candidates", args.candidates),
-                                            ("--rerank", args.rerank), ("--no-cache", args.no_cache)) if value]
+    unsupported = [flag for flag, value in (("--top-p", args.top_p), ("--no-cache", args.no_cache)) if value]
     if unsupported:
         raise SystemExit(f"python -m dalle generate: {', '.join(unsupported)} cannot be used with --pretrained")
+    candidates = args.candidates or args.num_images
+    if candidates < args.num_images or (candidates > args.num_images and not args.rerank):
+        raise SystemExit(f"python -m dalle generate: --candidates {candidates} needs --rerank and -n <= {candidates}")
+    rerank = load_reranker(args.rerank, args.rerank_checkpoint) if args.rerank else None  # fails before sampling
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     pipe = load_pretrained(args.pretrained, dtype=dtype, device=args.device)
     prime = _load_image(args.prime_image, pipe.vqgan.image_size, args.prime_resize) if args.prime_image else None
     result = generate_pretrained(
-        pipe, args.prompts, num_images=args.num_images, batch_size=args.batch_size, temperature=args.temperature,
+        pipe, args.prompts, num_images=candidates, batch_size=args.batch_size, temperature=args.temperature,
         top_k=256 if args.top_k is None else args.top_k,
         guidance_scale=16.0 if args.guidance_scale is None else args.guidance_scale,
         seed=args.seed, prime_image=prime, prime_rows=args.prime_rows, progress=True,
     )
+    if rerank is not None:
+        result = keep_best(result, rerank, args.num_images)
     paths = save_images(result.images, args.out, individual_dir=args.individual_dir)
     print(f"seed {result.seed}: wrote the grid {paths[0]} and {len(paths) - 1} images in {paths[1].parent}")
+    if result.scores is not None:
+        for prompt, scores in zip(result.prompts, result.scores.tolist()):
+            print(f"  {prompt!r}: reranker scores " + ", ".join(f"{s:.3f}" for s in scores))
+    return 0
+
+
+def convert_main(argv: list[str]) -> int:
+    """`python -m dalle convert-pretrained mini|mega|DIR OUT [--dtype fp16]`."""
+    p = argparse.ArgumentParser(
+        prog="python -m dalle convert-pretrained",
+        description="Write DALL·E Mini / Mega (and its tokenizer and VQGAN) as our folder: model.safetensors + "
+        "config.json, vocab.json + merges.txt, vqgan/. `generate --pretrained OUT` then loads it without a download.",
+    )
+    p.add_argument("source", help="mini, mega (downloaded from Hugging Face), or a folder of flax / min-dalle weights")
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+                   help="dtype of the stored transformer weights (default fp16: half the size of the flax files)")
+    args = p.parse_args(argv)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    print(f"wrote {convert_pretrained(args.source, args.out, dtype=dtype)}")
     return 0

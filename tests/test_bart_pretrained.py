@@ -299,3 +299,12 @@ def test_mega_config_matches_the_published_sizes():
     assert 2.5e9 < c.num_params() < 2.7e9  # DALL·E Mega's 2.6 billion parameters
     with torch.device("meta"):
         assert sum(p.numel() for p in DalleBart(c).parameters()) == c.num_params()
+
+
+def test_flax_config_of_another_variant_is_refused(tmp_path):
+    write_flax_config(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "ln_positions": "swinv2", "use_glu": False}))
+    (tmp_path / "flax_model.msgpack").write_bytes(msgpack.packb({}))
+    with pytest.raises(WeightsError, match="unsupported dalle-mini variant.*swinv2"):
+        load_dalle_bart(tmp_path)

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from dalle.generate import generate_main
-from dalle.pretrained import convert_pretrained, generate_pretrained, load_pretrained
+from dalle.pretrained import convert_main, generate_pretrained, load_pretrained
 from dalle.transformer.bart import DalleBart, DalleBartConfig
 from dalle.vae.vqgan import VQGAN, VQGANConfig
 
@@ -72,7 +72,8 @@ def test_cli_writes_grid_and_images(folder, tmp_path, capsys):
 
 
 def test_convert_to_our_folder(folder, tmp_path):
-    out = convert_pretrained(folder, tmp_path / "converted", dtype=torch.float16)
+    out = tmp_path / "converted"
+    assert convert_main([str(folder), str(out)]) == 0  # fp16 by default
     assert safe_open(out / "model.safetensors", "pt").get_tensor("lm_head.weight").dtype == torch.float16
     pipe = load_pretrained(out, dtype=torch.bfloat16)  # loads in the asked dtype whatever the stored one
     assert pipe.model.dtype == torch.bfloat16 and (out / "vocab.json").is_file() and (out / "vqgan").is_dir()
@@ -105,3 +106,11 @@ def test_unknown_folder_is_a_clear_error(tmp_path):
         load_pretrained(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="no VQGAN folder"):
         load_pretrained(tmp_path)
+
+
+def test_priming_needs_the_vqgan_encoder(folder, tmp_path):
+    pipe = load_pretrained(folder)
+    decoder_only = VQGAN(VQGANConfig(**{**pipe.vqgan.config.to_dict(), "has_encoder": False}))
+    pipe.vqgan = decoder_only  # what min-dalle's detoker.pt gives
+    with pytest.raises(ValueError, match="no encoder .*dalle-mini/vqgan_imagenet_f16_16384"):
+        generate_pretrained(pipe, "a fox", prime_image=torch.rand(3, 32, 32), prime_rows=4)
