@@ -13,6 +13,7 @@ better (e.g. a contrastive text-image model); ``--rerank module:function`` plugs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import random
 import warnings
@@ -39,6 +40,7 @@ __all__ = [
     "generate_images",
     "generate_main",
     "guide_logits",
+    "keep_best",
     "load_reranker",
     "sample_logits",
     "sampling_logits",
@@ -250,17 +252,28 @@ def generate_images(
     images = torch.cat([decode(vae, ids[s : s + batch_size]) for s in range(0, total, batch_size)])  # (P*C, 3, H, W)
 
     P = len(prompts)
-    ids, images = ids.view(P, candidates, -1), images.view(P, candidates, *images.shape[1:])
-    scores = None
-    if rerank is not None:
-        flat_prompts = [p for p in prompts for _ in range(candidates)]
-        scores = torch.as_tensor(rerank(flat_prompts, images.flatten(0, 1))).float().cpu()
-        if scores.shape != (total,):
-            raise ValueError(f"the reranker must return one score per image, shape ({total},), got {tuple(scores.shape)}")
-        scores, best = scores.view(P, candidates).topk(num_images, dim=1)  # (P, n), best first
-        ids = ids.gather(1, best[..., None].expand(-1, -1, ids.shape[-1]))
-        images = images[torch.arange(P)[:, None], best]
-    return GenerationResult(prompts, images, ids, scores, seed)
+    images, ids = images.view(P, candidates, *images.shape[1:]), ids.view(P, candidates, -1)
+    result = GenerationResult(prompts, images, ids, None, seed)
+    return keep_best(result, rerank, num_images) if rerank is not None else result
+
+
+def keep_best(result: GenerationResult, rerank: Reranker, num_images: int) -> GenerationResult:
+    """The `num_images` of each prompt's candidates that `rerank` scores highest, best first, with their scores.
+
+    Any sampler's result reranks this way (the shapes model's `generate_images`, DALL·E Mini / Mega's).
+    """
+    P, candidates = result.images.shape[:2]
+    if not 1 <= num_images <= candidates:
+        raise ValueError(f"can keep 1 to {candidates} of {candidates} candidates per prompt, not {num_images}")
+    total = P * candidates
+    flat_prompts = [p for p in result.prompts for _ in range(candidates)]
+    scores = torch.as_tensor(rerank(flat_prompts, result.images.flatten(0, 1))).float().cpu()
+    if scores.shape != (total,):
+        raise ValueError(f"the reranker must return one score per image, shape ({total},), got {tuple(scores.shape)}")
+    scores, best = scores.view(P, candidates).topk(num_images, dim=1)  # (P, n), best first
+    ids = result.ids.gather(1, best[..., None].expand(-1, -1, result.ids.shape[-1]))
+    images = result.images[torch.arange(P)[:, None], best]
+    return dataclasses.replace(result, images=images, ids=ids, scores=scores)
 
 
 def decode(vae: DiscreteVAE, ids: Tensor) -> Tensor:

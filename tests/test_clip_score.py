@@ -110,3 +110,40 @@ def test_clip_score_cli_on_files_and_on_a_checkpoint(clip_folder, dalle_folder, 
     with pytest.raises(ValueError, match=r"no prompt for .*1.png: pass --prompt, or put its caption in .*1.txt"):
         clip_score_report([str(images), "--clip", str(clip_path)])
     assert clip_score_report([str(images), "--clip", str(clip_path), "--prompt", "a square"])["count"] == 2
+
+
+def test_pretrained_mini_mega_rerank_with_clip(clip_folder, tmp_path, monkeypatch, capsys):
+    """`generate --pretrained mini --candidates 4 -n 2 --rerank clip`: the sampler (faked here: no download) is asked
+    for 4 candidates per prompt, and the 2 that CLIP scores highest are kept."""
+    from types import SimpleNamespace
+
+    import dalle.pretrained as pretrained
+    from dalle.generate import GenerationResult
+
+    _, clip_path = clip_folder
+    gen = torch.Generator().manual_seed(0)
+    asked = {}
+
+    def fake_generate(pipe, prompts, *, num_images, seed, **kwargs):
+        asked["num_images"] = num_images
+        images = torch.rand(len(prompts), num_images, 3, 16, 16, generator=gen)
+        ids = torch.zeros(len(prompts), num_images, 4, dtype=torch.long)
+        return GenerationResult(list(prompts), images, ids, None, 7)
+
+    monkeypatch.setattr(pretrained, "load_pretrained", lambda *a, **k: SimpleNamespace(vqgan=None))
+    monkeypatch.setattr(pretrained, "generate_pretrained", fake_generate)
+    prompts = ["a red circle", "a blue square"]
+    argv = [*prompts, "--pretrained", "mini", "-n", "2", "--candidates", "4", "--rerank", "clip",
+            "--rerank-checkpoint", str(clip_path), "--out", str(tmp_path / "g.png"), "--device", "cpu"]
+    assert generate_main(argv) == 0
+    assert asked["num_images"] == 4
+    out = capsys.readouterr().out
+    gen.manual_seed(0)
+    candidates = torch.rand(2, 4, 3, 16, 16, generator=gen)  # what the fake sampler returned
+    flat_prompts = [p for p in prompts for _ in range(4)]
+    scores = CLIPReranker(load_clip(clip_path))(flat_prompts, candidates.flatten(0, 1)).view(2, 4)
+    best = scores.topk(2, dim=1).values
+    assert f"'a red circle': reranker scores {best[0, 0]:.3f}, {best[0, 1]:.3f}" in out
+    assert len(list((tmp_path / "g").glob("*.png"))) == 4  # 2 prompts x the 2 kept
+    with pytest.raises(SystemExit, match="--candidates 4 needs --rerank"):
+        generate_main([*prompts, "--pretrained", "mini", "-n", "2", "--candidates", "4", "--out", str(tmp_path / "h")])
