@@ -28,21 +28,20 @@ def perturb(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.n
     return model
 
 
-def tiny_open_clip(quick_gelu: bool = True, seed: int = 0) -> OpenClipCLIP:
+def tiny_open_clip(quick_gelu: bool = True, seed: int = 0, cfg: dict = TINY_CFG) -> OpenClipCLIP:
     model = OpenClipCLIP(
-        TINY_CFG["embed_dim"], CLIPVisionCfg(**TINY_CFG["vision_cfg"]), CLIPTextCfg(**TINY_CFG["text_cfg"]),
-        quick_gelu=quick_gelu,
+        cfg["embed_dim"], CLIPVisionCfg(**cfg["vision_cfg"]), CLIPTextCfg(**cfg["text_cfg"]), quick_gelu=quick_gelu
     )
     return perturb(model, seed).eval()
 
 
-def save_open_clip_folder(model: OpenClipCLIP, folder: Path, quick_gelu: bool) -> Path:
+def save_open_clip_folder(model: OpenClipCLIP, folder: Path, quick_gelu: bool, cfg: dict = TINY_CFG) -> Path:
     """An open_clip Hugging Face repo's layout: open_clip_model.safetensors + open_clip_config.json."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    config = {"model_cfg": {**TINY_CFG, "quick_gelu": quick_gelu}, "preprocess_cfg": {}}
+    config = {"model_cfg": {**cfg, "quick_gelu": quick_gelu}, "preprocess_cfg": {}}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     return folder / "open_clip_model.safetensors"
 

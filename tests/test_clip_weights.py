@@ -33,6 +33,20 @@ def test_open_clip_hub_folder_and_file(tmp_path, quick_gelu):
         assert_same(model, ref)
 
 
+def test_hub_config_gives_the_head_counts_and_refuses_what_is_not_built(tmp_path):
+    # Head counts are not in the shapes; open_clip's ViT-H-14 has head_width 80, so width // 64 would be wrong.
+    cfg = {**TINY_CFG, "vision_cfg": {**TINY_CFG["vision_cfg"], "head_width": 32},
+           "text_cfg": {**TINY_CFG["text_cfg"], "heads": 4}}
+    ref = tiny_open_clip(False, cfg=cfg)
+    model = load_clip(save_open_clip_folder(ref, tmp_path / "repo", False, cfg=cfg).parent)
+    assert (model.config.vision_heads, model.config.text_heads) == (2, 4)
+    assert_same(model, ref)
+    cfg = {**TINY_CFG, "vision_cfg": {**TINY_CFG["vision_cfg"], "attentional_pool": True, "pool_type": "tok"}}
+    save_open_clip_folder(ref, tmp_path / "other", False, cfg=cfg)
+    with pytest.raises(ValueError, match=r"options vit.clip lacks: attentional_pool=True$"):
+        load_clip(tmp_path / "other")
+
+
 def test_bin_and_training_checkpoints_load_with_weights_only(tmp_path):
     ref = tiny_open_clip(False)
     torch.save(ref.state_dict(), tmp_path / "open_clip_pytorch_model.bin")

@@ -135,8 +135,11 @@ def convert_open_clip_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def config_from_state_dict(sd: Mapping[str, Tensor], *, quick_gelu: bool) -> CLIPConfig:
-    """The `CLIPConfig` an open_clip-named state dict was trained with (heads as open_clip counts them: width // 64)."""
+def config_from_state_dict(
+    sd: Mapping[str, Tensor], *, quick_gelu: bool, vision_heads: int | None = None, text_heads: int | None = None
+) -> CLIPConfig:
+    """The `CLIPConfig` an open_clip-named state dict was trained with. Head counts are not in the shapes: without
+    them given (from an open_clip_config.json), width // 64 as in every OpenAI and ViT-B/L OpenCLIP model."""
     try:
         patch = sd["visual.conv1.weight"]  # (Dv, 3, P, P)
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
@@ -148,11 +151,11 @@ def config_from_state_dict(sd: Mapping[str, Tensor], *, quick_gelu: bool) -> CLI
             patch_size=patch.shape[-1],
             vision_width=vision_width,
             vision_layers=count("visual.transformer.resblocks."),
-            vision_heads=vision_width // 64,
+            vision_heads=vision_heads or vision_width // 64,
             context_length=sd["positional_embedding"].shape[0],
             vocab_size=sd["token_embedding.weight"].shape[0],
             text_width=text_width,
-            text_heads=text_width // 64,
+            text_heads=text_heads or text_width // 64,
             text_layers=count("transformer.resblocks."),
             mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / vision_width,
             quick_gelu=quick_gelu,
@@ -203,12 +206,36 @@ def _saved_architecture(path: Path) -> str | None:
         return None
 
 
-def _config_json_quick_gelu(path: Path) -> bool | None:
+# open_clip model_cfg options: those read here, and the rest with the only value this CLIP implements.
+_READ = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale", "image_size", "layers", "width",
+         "patch_size", "head_width", "heads", "mlp_ratio", "context_length", "vocab_size", "patch_dropout"}
+_FIXED = {"custom_text": False, "attentional_pool": False, "no_ln_pre": False, "pos_embed_type": "learnable",
+          "final_ln_after_pool": False, "pool_type": ("tok", "argmax"), "output_tokens": False, "ls_init_value": None,
+          "embed_cls": False, "pad_id": 0, "no_causal_mask": False, "proj_bias": False, "proj_type": "linear",
+          "qk_norm": False, "act_kwargs": None, "norm_kwargs": None, "init_logit_bias": None}
+
+
+def _hub_config(path: Path) -> dict[str, Any] | None:
+    """quick_gelu and the head counts from the open_clip_config.json beside `path`; refuses options not built here."""
     config_file = path.parent / HUB_CONFIG
     if not config_file.is_file():
         return None
     cfg = json.loads(config_file.read_text())
-    return bool(cfg.get("model_cfg", cfg).get("quick_gelu", False))
+    cfg = cfg.get("model_cfg", cfg)
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    allowed = {k: v if isinstance(v, tuple) else (v,) for k, v in _FIXED.items()}
+    other = [
+        f"{k}={v!r}"
+        for k, v in (*cfg.items(), *vision.items(), *text.items())
+        if k not in _READ and (k not in allowed or v not in allowed[k])
+    ]
+    if other:
+        raise ValueError(f"{config_file}: this OpenCLIP model has options vit.clip lacks: {', '.join(other)}")
+    return {
+        "quick_gelu": bool(cfg.get("quick_gelu", False)),
+        "vision_heads": vision["width"] // vision.get("head_width", 64) if "width" in vision else None,
+        "text_heads": text.get("heads"),
+    }
 
 
 def load_clip(source: str | Path, variant: str | None = None) -> CLIP:
@@ -246,13 +273,15 @@ def load_clip(source: str | Path, variant: str | None = None) -> CLIP:
         return CLIP.from_pretrained(path)
     openai = is_torchscript(path)
     sd = read_open_clip_state_dict(path)
-    quick_gelu = _config_json_quick_gelu(path)
+    hub = _hub_config(path)
     if variant is not None:
         config = check_variant(config_from_state_dict(sd, quick_gelu=False), variant, str(path))
         if openai and not config.quick_gelu:
             log.warning("%s is OpenAI's, trained with QuickGELU, but variant %r uses GELU", path, variant)
-    elif openai or quick_gelu is not None:
-        config = config_from_state_dict(sd, quick_gelu=openai or bool(quick_gelu))
+    elif hub is not None:
+        config = config_from_state_dict(sd, **{**hub, "quick_gelu": openai or hub["quick_gelu"]})
+    elif openai:
+        config = config_from_state_dict(sd, quick_gelu=True)
     else:
         config = config_from_state_dict(sd, quick_gelu=False)
         names = [n for n, c in VARIANTS.items() if replace(c, quick_gelu=False) == config]
