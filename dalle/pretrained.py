@@ -39,7 +39,7 @@ PRETRAINED = {
     "mega": ("dalle-mini/dalle-mega", ("config.json", "flax_model.msgpack", "vocab.json", "merges.txt")),
 }
 VQGAN_REPO = ("dalle-mini/vqgan_imagenet_f16_16384", ("config.json", "flax_model.msgpack"))
-VQGAN_PARAMS = 72_000_000  # encoder + decoder + codebook of the f16 16384 VQGAN, kept in fp32
+VQGAN_PARAMS = 76_000_000  # encoder + decoder + codebook of the f16 16384 VQGAN (76.1 M), kept in fp32
 
 
 @dataclass
@@ -153,6 +153,7 @@ def generate_pretrained(
     prime_image: Tensor | None = None,
     prime_rows: int = 0,
     progress: bool = False,
+    top_p: float | None = None,
 ) -> GenerationResult:
     """`num_images` images per prompt, `batch_size` images (x2 with guidance) per decoding pass. The defaults are
     min-dalle's (temperature 1, top-k 256, super-conditioning 16). `prime_image` ((3, 256, 256) in [0, 1]) keeps its
@@ -176,8 +177,8 @@ def generate_pretrained(
         for start in range(0, total, batch_size):
             end = min(start + batch_size, total)
             ids[start:end] = model.generate(
-                text[start:end], uncond, temperature=temperature, top_k=top_k, guidance_scale=guidance_scale,
-                generator=generator, prime=None if prime is None else prime[start:end],
+                text[start:end], uncond, temperature=temperature, top_k=top_k, top_p=top_p,
+                guidance_scale=guidance_scale, generator=generator, prime=None if prime is None else prime[start:end],
                 on_step=lambda _, n=end - start: bar.update(n),
             ).cpu()
     images = torch.cat([pipe.vqgan.decode(ids[s : s + batch_size]).cpu() for s in range(0, total, batch_size)])
@@ -188,9 +189,8 @@ def generate_pretrained(
 
 def generate_pretrained_main(args: argparse.Namespace) -> int:
     """`python -m dalle generate --pretrained mini|mega|DIR PROMPT... -n N`: the generate command's options."""
-    unsupported = [flag for flag, value in (("--top-p", args.top_p), ("--no-cache", args.no_cache)) if value]
-    if unsupported:
-        raise SystemExit(f"python -m dalle generate: {', '.join(unsupported)} cannot be used with --pretrained")
+    if args.no_cache:
+        raise SystemExit("python -m dalle generate: --no-cache cannot be used with --pretrained")
     candidates = args.candidates or args.num_images
     if candidates < args.num_images or (candidates > args.num_images and not args.rerank):
         raise SystemExit(f"python -m dalle generate: --candidates {candidates} needs --rerank and -n <= {candidates}")
@@ -200,7 +200,7 @@ def generate_pretrained_main(args: argparse.Namespace) -> int:
     prime = _load_image(args.prime_image, pipe.vqgan.image_size, args.prime_resize) if args.prime_image else None
     result = generate_pretrained(
         pipe, args.prompts, num_images=candidates, batch_size=args.batch_size, temperature=args.temperature,
-        top_k=256 if args.top_k is None else args.top_k,
+        top_k=256 if args.top_k is None else args.top_k, top_p=args.top_p,
         guidance_scale=16.0 if args.guidance_scale is None else args.guidance_scale,
         seed=args.seed, prime_image=prime, prime_rows=args.prime_rows, progress=True,
     )

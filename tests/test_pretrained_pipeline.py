@@ -67,8 +67,9 @@ def test_cli_writes_grid_and_images(folder, tmp_path, capsys):
                           "--guidance-scale", "4", "--top-k", "8"]) == 0
     assert out.is_file() and len(list((tmp_path / "grid").glob("*.png"))) == 4
     assert "seed 5" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--top-p"):
-        generate_main(["a fox", "--pretrained", str(folder), "--top-p", "0.9", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--no-cache"):
+        generate_main(["a fox", "--pretrained", str(folder), "--no-cache", "--out", str(out)])
+    assert generate_main(["a fox", "--pretrained", str(folder), "-n", "1", "--top-p", "0.5", "--out", str(out)]) == 0
 
 
 def test_convert_to_our_folder(folder, tmp_path):

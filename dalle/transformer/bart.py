@@ -201,6 +201,7 @@ class DalleBart(nn.Module):
         generator: torch.Generator | None = None,
         prime: Tensor | None = None,
         on_step: Callable[[int], None] | None = None,
+        top_p: float | None = None,
     ) -> Tensor:
         """Sample `num_images` image token sequences per prompt.
 
@@ -208,7 +209,7 @@ class DalleBart(nn.Module):
             text: (P, T) prompts' ids. uncond: (1, T) the empty prompt's ids, needed when guidance_scale != 1.
             num_images: images per prompt; rows of a prompt are adjacent in the output. Repeated prompts are
                 encoded once.
-            temperature, top_k, guidance_scale: see `sample_image_tokens` (reference defaults: 1, 256, 16).
+            temperature, top_k, guidance_scale, top_p: see `sample_image_tokens` (min-dalle's: 1, 256, 16, none).
             generator: the random stream (same seed -> same ids). prime: (P * num_images, n) ids kept as the first
                 n tokens (the top n / 16 rows of an image), the rest is completed.
             on_step: called after each sampled token position (a progress bar).
@@ -217,7 +218,7 @@ class DalleBart(nn.Module):
         """
         c = self.config
         guided = guidance_scale != 1.0
-        check_sampling_args(temperature, top_k, None, guidance_scale)
+        check_sampling_args(temperature, top_k, top_p, guidance_scale)
         if guided and uncond is None:
             raise ValueError("guidance (guidance_scale != 1) needs the empty prompt's ids: pass uncond")
         text = text.to(self.device).repeat_interleave(num_images, dim=0)  # (B, T)
@@ -243,7 +244,7 @@ class DalleBart(nn.Module):
         out[:, :n] = prime
         for j in range(n, N):
             logits = self.lm_head(h[:, -1])  # (R, V + 1): predicts image token j
-            token = sample_image_tokens(logits, c.codebook_size, temperature, top_k, guidance_scale, generator)
+            token = sample_image_tokens(logits, c.codebook_size, temperature, top_k, guidance_scale, generator, top_p)
             out[:, j] = token
             if on_step is not None:
                 on_step(j)
@@ -288,15 +289,17 @@ def sample_image_tokens(
     top_k: int | None = 256,
     guidance_scale: float = 16.0,
     generator: torch.Generator | None = None,
+    top_p: float | None = None,
 ) -> Tensor:
     """One image token per image from (R, V) logits: R = B rows, or 2B = [conditional; unconditional] with guidance.
 
     min-dalle's order: drop the logits past the codebook, guide (uncond + f * (cond - uncond)), keep the top_k
     guided logits, divide by the temperature, sample. (The shapes model's `sampling_logits` filters by the
-    conditional logits instead; these checkpoints were tuned with this order.)
+    conditional logits instead; these checkpoints were tuned with this order.) `top_p` (not in min-dalle) keeps the
+    nucleus of the guided, tempered distribution.
     """
     logits = logits[:, :codebook_size].float()
     if guidance_scale != 1.0:
         logits = guide_logits(logits, guidance_scale)  # (B, V)
-    probs = (filter_logits(logits, top_k) / temperature).softmax(dim=-1)
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
