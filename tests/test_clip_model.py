@@ -16,6 +16,7 @@ from vit.clip import (
     convert_open_clip_state_dict,
     load_open_clip_weights,
 )
+from vit.clip.weights import check_variant
 
 PROMPTS = ["a photo of a cat", "A DOG on the beach!!", "“quotes”, café & 日本語 🐱", "word " * 100]
 
@@ -72,13 +73,16 @@ def test_tiny_model_matches_and_activation_matters(quick_gelu):
         assert (other.encode_text(ids) - ref.encode_text(ids)).abs().max() > 1e-4  # the test can tell them apart
 
 
-@pytest.mark.parametrize("name", ["ViT-B-16", "ViT-L-14", "ViT-L-14-quickgelu"])
+@pytest.mark.parametrize("name", ["ViT-B-16", "ViT-L-14", "ViT-L-14-quickgelu", "ViT-H-14"])
 def test_larger_variants_map_name_for_name_and_shape_for_shape(name):
     with torch.device("meta"):  # shapes only: no memory, no init
-        ref_sd = open_clip.create_model(name, pretrained=None, device="meta").state_dict()
-        config = config_from_state_dict(ref_sd, quick_gelu=name.endswith("quickgelu"))
+        ref = open_clip.create_model(name, pretrained=None, device="meta")
+        config = check_variant(config_from_state_dict(ref.state_dict(), quick_gelu=False), name, name)
         ours = CLIP(config).state_dict()
     assert config == VARIANTS[name]
+    assert config.vision_heads == ref.visual.transformer.resblocks[0].attn.num_heads  # H-14: 16 heads of width 80
+    assert config.quick_gelu == name.endswith("quickgelu")
+    ref_sd = ref.state_dict()
     converted = convert_open_clip_state_dict(ref_sd)
     assert sorted(converted) == sorted(ours)
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in ours.items()}

@@ -37,11 +37,14 @@ _B32 = CLIPConfig()
 _B16 = replace(_B32, patch_size=16)
 _L14 = replace(_B32, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16,
                text_width=768, text_heads=12)
+_H14 = replace(_B32, embed_dim=1024, patch_size=14, vision_width=1280, vision_layers=32, vision_heads=16,
+               text_width=1024, text_heads=16, text_layers=24)  # head width 80: the heads come from here, not shapes
 # open_clip's model names; "-quickgelu" marks weights trained with QuickGELU (OpenAI's, and some LAION runs).
 VARIANTS: dict[str, CLIPConfig] = {
     "ViT-B-32": _B32, "ViT-B-32-quickgelu": replace(_B32, quick_gelu=True),
     "ViT-B-16": _B16, "ViT-B-16-quickgelu": replace(_B16, quick_gelu=True),
     "ViT-L-14": _L14, "ViT-L-14-quickgelu": replace(_L14, quick_gelu=True),
+    "ViT-H-14": _H14,
 }
 # "<variant>/<tag>" -> (Hugging Face repo holding open_clip_model.safetensors, variant), as open_clip names them.
 PRETRAINED: dict[str, tuple[str, str]] = {
@@ -51,6 +54,7 @@ PRETRAINED: dict[str, tuple[str, str]] = {
     "ViT-B-32/laion2b_s34b_b79k": ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "ViT-B-32"),
     "ViT-B-16/laion2b_s34b_b88k": ("laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "ViT-B-16"),
     "ViT-L-14/laion2b_s32b_b82k": ("laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "ViT-L-14"),
+    "ViT-H-14/laion2b_s32b_b79k": ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "ViT-H-14"),
 }
 HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HUB_CONFIG = "open_clip_config.json"
@@ -164,6 +168,13 @@ def config_from_state_dict(
         raise ValueError(f"not an OpenAI / OpenCLIP ViT CLIP state dict: no {err} (a ResNet CLIP, or another model?)")
 
 
+_NOT_IN_SHAPES = ("quick_gelu", "vision_heads", "text_heads")  # what a variant says and the weights cannot
+
+
+def _shapes_only(config: CLIPConfig) -> CLIPConfig:
+    return replace(config, quick_gelu=False, vision_heads=0, text_heads=0)
+
+
 def check_variant(config: CLIPConfig, variant: str, source: str) -> CLIPConfig:
     """The variant's config, if the weights' config matches it; else a ValueError naming every difference."""
     if variant not in VARIANTS:
@@ -172,11 +183,11 @@ def check_variant(config: CLIPConfig, variant: str, source: str) -> CLIPConfig:
     diffs = [
         f"{k} {v} (variant: {getattr(expected, k)})"
         for k, v in asdict(config).items()
-        if k != "quick_gelu" and v != getattr(expected, k)
+        if k not in _NOT_IN_SHAPES and v != getattr(expected, k)
     ]
     if diffs:
-        plain = replace(config, quick_gelu=False)
-        guess = [n for n, c in VARIANTS.items() if replace(c, quick_gelu=False) == plain]
+        plain = _shapes_only(config)
+        guess = [n for n, c in VARIANTS.items() if _shapes_only(c) == plain]
         raise ValueError(
             f"{source} is not a {variant} checkpoint: its weights have {', '.join(diffs)}"
             + (f"; it looks like {' or '.join(guess)}" if guess else "")
@@ -284,7 +295,7 @@ def load_clip(source: str | Path, variant: str | None = None) -> CLIP:
         config = config_from_state_dict(sd, quick_gelu=True)
     else:
         config = config_from_state_dict(sd, quick_gelu=False)
-        names = [n for n, c in VARIANTS.items() if replace(c, quick_gelu=False) == config]
+        names = [n for n, c in VARIANTS.items() if _shapes_only(c) == _shapes_only(config)]
         hint = f"'{names[0]}' or '{names[1]}'" if len(names) == 2 else "a variant of " + ", ".join(VARIANTS)
         raise ValueError(
             f"{path}: cannot tell from the weights whether this CLIP was trained with QuickGELU (OpenAI's weights and "
