@@ -3,8 +3,10 @@
 from .attention import MultiHeadAttention, attend
 from .block import TransformerBlock
 from .cache import DecoderCache, KVCache
+from .glu import GluMlp
 from .layers import DropPath, LayerScale, Linear, Mlp, QuickGELU, init_weights
 from .masks import causal_mask, dalle_mask, key_padding_mask, mask_to_text, save_mask_png
+from .normformer import NormFormerBlock
 from .positions import (
     AxialRotaryEmbedding,
     LearnedPositionalEmbedding,
@@ -24,12 +26,14 @@ __all__ = [
     "DecoderCache",
     "DropPath",
     "Encoder",
+    "GluMlp",
     "KVCache",
     "LayerScale",
     "LearnedPositionalEmbedding",
     "Linear",
     "Mlp",
     "MultiHeadAttention",
+    "NormFormerBlock",
     "QuickGELU",
     "attend",
     "RotaryEmbedding",

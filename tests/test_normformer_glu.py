@@ -6,9 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core_attention import DecoderCache, KVCache, MultiHeadAttention
-from core_attention.glu import GluMlp
-from core_attention.normformer import NormFormerBlock
+from core_attention import DecoderCache, GluMlp, KVCache, MultiHeadAttention, NormFormerBlock
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> None:

@@ -22,8 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from core_attention import DecoderCache, KVCache, LearnedPositionalEmbedding, Linear
-from core_attention.normformer import NormFormerBlock
+from core_attention import DecoderCache, KVCache, LearnedPositionalEmbedding, Linear, NormFormerBlock
 
 from ..generate import check_sampling_args, filter_logits, guide_logits
 
