@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,19 +38,32 @@ COMMON = [
 ]
 
 
-def run_cli(command: list[str], root: Path, *, devices: int, accumulate: int = 1) -> str:
-    """`python -m <command> ... --trainer.devices N` in its own process group; returns its output."""
-    args = [sys.executable, "-m", *command, *COMMON, "--trainer.default_root_dir", str(root),
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(command: list[str], root: Path, *, devices: int, accumulate: int = 1, torchrun: bool = False) -> str:
+    """`python -m <command> ... --trainer.devices N` in its own process group (started by `torchrun` when asked);
+    returns its output."""
+    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={devices}", f"--master_port={free_port()}"]
+    launcher = launcher if torchrun else []
+    args = [sys.executable, *launcher, "-m", *command, *COMMON, "--trainer.default_root_dir", str(root),
             "--trainer.devices", str(devices), "--trainer.accumulate_grad_batches", str(accumulate)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher's child ranks too
-        out, _ = proc.communicate()
-        pytest.fail(f"hung for {TIMEOUT_S} s: {' '.join(args)}\n{out[-4000:]}")
+    log = root.parent / f"{root.name}.log"  # a file, not a pipe: a stray rank cannot keep the test waiting for EOF
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            # torchrun starts its workers in sessions of their own: find them by the run folder in their arguments
+            subprocess.run(["pkill", "-KILL", "-f", str(root)], check=False)
+            proc.wait()
+            pytest.fail(f"hung for {TIMEOUT_S} s: {' '.join(args)}\n{log.read_text()[-4000:]}")
+    out = log.read_text()
     assert proc.returncode == 0, f"rc {proc.returncode}: {' '.join(args)}\n{out[-4000:]}"
     return out
 
@@ -104,6 +118,8 @@ def test_vit_fit_two_processes_equal_accumulation(tmp_path):
     assert_ddp_equals_accumulation(command, tmp_path)
     ckpt = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)
     assert any(k.startswith("ema.module.") for k in ckpt["state_dict"]), "EMA weights are saved"
+    run_cli(command, tmp_path / "torchrun", devices=2, torchrun=True)  # the README's other launch path
+    assert_same_checkpoints(tmp_path / "torchrun", tmp_path / "two")
 
 
 @pytest.mark.slow
