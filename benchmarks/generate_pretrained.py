@@ -3,6 +3,7 @@
     python benchmarks/generate_pretrained.py                       # Mini size, fp32 + bf16, 1 image and a batch of 4
     python benchmarks/generate_pretrained.py --steps 8 --dim 64 --layers 2 --heads 4 --glu 96 --text-vocab 1000
                                                                    # a seconds-long check that the script runs
+    python benchmarks/generate_pretrained.py --device cuda           # on a GPU (peak MB: allocated GPU memory)
 
 Both sides sample with min-dalle's defaults (super-conditioning 16, so 2 rows per image, top-k 256, temperature 1)
 from min-dalle's modules, whose random weights are copied into ours with our loader. min-dalle is timed through its
@@ -48,8 +49,16 @@ def rss() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
-def peak_rise(run: Callable[[], object]) -> tuple[float, int]:
-    """(seconds, largest rise of resident memory in bytes) of one call."""
+def peak_rise(run: Callable[[], object], device: torch.device) -> tuple[float, int]:
+    """(seconds, largest rise of memory in bytes) of one call: resident memory on a CPU, allocated memory on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated(device) - base
     base, peak, done = rss(), [0], threading.Event()
 
     def watch() -> None:
@@ -94,20 +103,23 @@ def main() -> None:
     args = p.parse_args()
 
     threads = args.threads or torch.get_num_threads()
+    device = torch.device(args.device)
     from min_dalle.models import DalleBartDecoder, DalleBartEncoder  # its package import sets threads, no grad
 
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
     print(f"CPU: {cpu_flags()}")
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}")
     print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
     torch.manual_seed(0)
     enc = DalleBartEncoder(layer_count=args.layers, embed_count=args.dim, attention_head_count=args.heads,
                            text_vocab_count=args.text_vocab, text_token_count=64, glu_embed_count=args.glu,
-                           device=args.device).eval()
+                           device=device).eval()
     dec = DalleBartDecoder(image_vocab_count=2**14, embed_count=args.dim, attention_head_count=args.heads,
-                           glu_embed_count=args.glu, layer_count=args.layers, device=args.device).eval()
+                           glu_embed_count=args.glu, layer_count=args.layers, device=device).eval()
     state = min_dalle_to_ours({k: v.clone() for k, v in enc.state_dict().items()},
                               {k: v.clone() for k, v in dec.state_dict().items()})
     base: DalleBart = build(state, config_from_state(state, num_heads=args.heads, start_token=2**14 - 1), "min-dalle")
@@ -123,14 +135,14 @@ def main() -> None:
     rows_out = []
     for dtype_name in args.dtypes.split(","):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-        ours = base.to(dtype).to(args.device)
-        enc_d, dec_d = enc.to(dtype).to(args.device), dec.to(dtype).to(args.device)
+        ours = base.to(dtype).to(device)
+        enc_d, dec_d = enc.to(dtype).to(device), dec.to(dtype).to(device)
         step_weights = [ours.lm_head.weight]  # what a cached step reads: projections (cross-attention: queries only)
         for name, w in ours.decoder.named_parameters():
             if w.dim() == 2 and "embed" not in name:
                 step_weights.append(w[: w.shape[1]] if ".cross_attn.qkv" in name else w)
         for images in (1, args.batch):
-            settings = torch.tensor([1.0, 256, 16.0])
+            settings = torch.tensor([1.0, 256, 16.0], device=device)
 
             def run_ours(images=images) -> None:
                 def stop_early(position: int) -> None:
@@ -138,18 +150,18 @@ def main() -> None:
                         raise StopEarly
 
                 try:
-                    ours.generate(text[1:], text[:1], num_images=images, generator=torch.Generator().manual_seed(0),
-                                  on_step=stop_early)
+                    ours.generate(text[1:], text[:1], num_images=images, on_step=stop_early,
+                                  generator=torch.Generator(device).manual_seed(0))
                 except StopEarly:
                     pass
 
             def run_min_dalle(images=images) -> None:
                 idx = [0] * images + [1] * images
-                encoder_state = enc_d(text.to(args.device))[idx]
-                mask = text.to(args.device)[idx].ne(1)[:, None, None, :]
-                attention_state = torch.zeros(args.layers, images * 4, N, args.dim, device=args.device)
-                tokens = torch.full((images, N + 1), 2**14 - 1, dtype=torch.long, device=args.device)
-                positions = torch.arange(N, device=args.device)
+                encoder_state = enc_d(text.to(device))[idx]
+                mask = text.to(device)[idx].ne(1)[:, None, None, :]
+                attention_state = torch.zeros(args.layers, images * 4, N, args.dim, device=device)
+                tokens = torch.full((images, N + 1), 2**14 - 1, dtype=torch.long, device=device)
+                positions = torch.arange(N, device=device)
                 for i in range(args.steps):
                     tokens[:, i + 1], attention_state = dec_d.sample_tokens(
                         settings=settings, attention_mask=mask, encoder_state=encoder_state,
@@ -172,7 +184,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name, run in runs.items():
                     if name not in failed:
-                        t, m = peak_rise(run)
+                        t, m = peak_rise(run, device)
                         times[name].append(t)
                         peaks[name].append(m)
             tok = {k: images * args.steps / statistics.median(v) for k, v in times.items() if v}
