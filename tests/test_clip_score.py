@@ -147,3 +147,30 @@ def test_pretrained_mini_mega_rerank_with_clip(clip_folder, tmp_path, monkeypatc
     assert len(list((tmp_path / "g").glob("*.png"))) == 4  # 2 prompts x the 2 kept
     with pytest.raises(SystemExit, match="--candidates 4 needs --rerank"):
         generate_main([*prompts, "--pretrained", "mini", "-n", "2", "--candidates", "4", "--out", str(tmp_path / "h")])
+
+
+def test_clip_score_of_mini_mega_samples(clip_folder, monkeypatch, capsys):
+    """`clip-score --pretrained mini --prompts ...`: min-dalle's guidance default, CLIP scores of what it sampled."""
+    from types import SimpleNamespace
+
+    import dalle.pretrained as pretrained
+    from dalle.generate import GenerationResult
+
+    _, clip_path = clip_folder
+    images = torch.rand(1, 3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    asked = {}
+
+    def fake_generate(pipe, prompts, *, num_images, seed, guidance_scale, top_p):
+        asked.update(num_images=num_images, guidance_scale=guidance_scale)
+        return GenerationResult(list(prompts), images, torch.zeros(1, 3, 4, dtype=torch.long), None, seed)
+
+    monkeypatch.setattr(pretrained, "load_pretrained", lambda *a, **k: SimpleNamespace())
+    monkeypatch.setattr(pretrained, "generate_pretrained", fake_generate)
+    clip = str(clip_path)
+    report = clip_score_report(["--pretrained", "mini", "--prompts", "a red circle", "-n", "3", "--clip", clip])
+    assert asked == {"num_images": 3, "guidance_scale": 16.0}
+    expected = clip_score(load_clip(clip_path), ["a red circle"] * 3, images[0])
+    assert [s["score"] for s in report["scores"]] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert report["scores"][0]["image"] == "mini[prompt 0, image 0]"
+    with pytest.raises(SystemExit, match="not both"):
+        clip_score_report(["--pretrained", "mini", "--checkpoint", "x", "--prompts", "a", "--clip", clip])

@@ -5,6 +5,7 @@ CLIP score is 100 * max(cos(image, prompt), 0) with CLIP's embeddings, averaged 
 
     python -m dalle clip-score out/grid/ --prompt "a red bicycle" --clip ViT-B-32/openai
     python -m dalle clip-score --checkpoint RUN/dalle --prompts "a red circle" "a blue square" -n 4 --clip PATH
+    python -m dalle clip-score --pretrained mega --prompts-file prompts.txt -n 4 --clip ViT-B-32/openai
     python -m dalle generate "a red bicycle" --candidates 64 -n 4 --rerank clip --rerank-checkpoint ViT-B-32/openai
 """
 
@@ -122,8 +123,8 @@ def clip_score_parser() -> argparse.ArgumentParser:
         prog="python -m dalle clip-score",
         description="CLIP score (100 x cosine similarity of CLIP's image and text embeddings, floored at 0; "
         "torchmetrics' convention) of images against their prompts: of image files (the prompt from --prompt or "
-        "each image's same-name .txt), or of images a DALL·E checkpoint generates for --prompts, to compare "
-        "checkpoints on your own prompts. Prints each image's score and the mean.",
+        "each image's same-name .txt), or of images a DALL·E checkpoint (or DALL·E Mini / Mega) generates for "
+        "--prompts, to compare models on your own prompts. Prints each image's score and the mean.",
     )
     p.add_argument("images", nargs="*", help="image files or folders (searched recursively)")
     p.add_argument("--clip", required=True,
@@ -132,12 +133,16 @@ def clip_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default=None, help="CLIP architecture for an OpenCLIP file without its config")
     p.add_argument("--prompt", default=None, help="score every image against this prompt")
     p.add_argument("--checkpoint", default=None, help="generate from this DALL·E checkpoint instead of reading images")
-    p.add_argument("--prompts", nargs="+", default=None, help="with --checkpoint: the prompts to generate from")
-    p.add_argument("--prompts-file", default=None, help="with --checkpoint: a text file of prompts, one per line")
-    p.add_argument("-n", "--num-images", type=int, default=4, help="with --checkpoint: images per prompt (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="with --checkpoint: sampling seed (default 0)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="with --checkpoint: classifier-free guidance")
-    p.add_argument("--top-p", type=float, default=None, help="with --checkpoint: nucleus sampling mass")
+    p.add_argument("--pretrained", default=None, metavar="mini|mega|DIR",
+                   help="generate with DALL·E Mini / Mega (as `generate --pretrained`) instead of reading images")
+    p.add_argument("--prompts", nargs="+", default=None, help="when generating: the prompts")
+    p.add_argument("--prompts-file", default=None, help="when generating: a text file of prompts, one per line")
+    p.add_argument("-n", "--num-images", type=int, default=4, help="when generating: images per prompt (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="when generating: sampling seed (default 0)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="when generating: classifier-free guidance (default: 1 = off for --checkpoint, 16 for "
+                   "--pretrained, min-dalle's)")
+    p.add_argument("--top-p", type=float, default=None, help="when generating: nucleus sampling mass")
     p.add_argument("--json", default=None, help="also write the scores and their mean to this JSON file")
     p.add_argument("--batch-size", type=int, default=32, help="images per CLIP forward pass (default 32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -145,19 +150,30 @@ def clip_score_parser() -> argparse.ArgumentParser:
 
 
 def _generated(args: argparse.Namespace) -> tuple[list[str], Tensor, list[str]]:
-    from ..generate import generate_images
-    from ..module import load_pipeline
-
+    """Prompts, images and names of what --checkpoint or --pretrained samples for the given prompts."""
     prompts = list(args.prompts or [])
     if args.prompts_file:
         prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     if not prompts:
-        raise ValueError("--checkpoint needs prompts to generate from: --prompts ... or --prompts-file FILE")
-    model, tokenizer, vae = load_pipeline(args.checkpoint, map_location=torch.device(args.device))
-    result = generate_images(model, tokenizer, vae, prompts, num_images=args.num_images, seed=args.seed,
-                             guidance_scale=args.guidance_scale, top_p=args.top_p)
-    names = [f"{args.checkpoint}[prompt {p}, image {i}]" for p in range(len(prompts)) for i in range(args.num_images)]
-    return [p for p in prompts for _ in range(args.num_images)], result.images.flatten(0, 1), names
+        raise ValueError("generating needs prompts: --prompts ... or --prompts-file FILE")
+    n, source = args.num_images, args.checkpoint or args.pretrained
+    if args.pretrained is not None:
+        from ..pretrained import generate_pretrained, load_pretrained
+
+        pipe = load_pretrained(args.pretrained, device=args.device)
+        guidance = 16.0 if args.guidance_scale is None else args.guidance_scale
+        result = generate_pretrained(pipe, prompts, num_images=n, seed=args.seed, guidance_scale=guidance,
+                                     top_p=args.top_p)
+    else:
+        from ..generate import generate_images
+        from ..module import load_pipeline
+
+        model, tokenizer, vae = load_pipeline(args.checkpoint, map_location=torch.device(args.device))
+        guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
+        result = generate_images(model, tokenizer, vae, prompts, num_images=n, seed=args.seed,
+                                 guidance_scale=guidance, top_p=args.top_p)
+    names = [f"{source}[prompt {p}, image {i}]" for p in range(len(prompts)) for i in range(n)]
+    return [p for p in prompts for _ in range(n)], result.images.flatten(0, 1), names
 
 
 def clip_score_main(argv: list[str]) -> int:
@@ -168,13 +184,15 @@ def clip_score_main(argv: list[str]) -> int:
 def clip_score_report(argv: list[str]) -> dict:
     """`python -m dalle clip-score ARGV`: prints the scores and returns them with their mean (the --json content)."""
     args = clip_score_parser().parse_args(argv)
-    if args.checkpoint is not None:
+    if args.checkpoint is not None and args.pretrained is not None:
+        raise SystemExit("give --checkpoint or --pretrained, not both")
+    if args.checkpoint is not None or args.pretrained is not None:
         if args.images:
-            raise SystemExit("give image files or --checkpoint (to generate), not both")
+            raise SystemExit("give image files, or --checkpoint / --pretrained to generate; not both")
         prompts, images, names = _generated(args)
     else:
         if not args.images:
-            raise SystemExit("no images: give image files or folders, or --checkpoint with --prompts to generate")
+            raise SystemExit("no images: give image files or folders, or --checkpoint / --pretrained with --prompts")
         files = _image_files(args.images)
         prompts = [args.prompt if args.prompt is not None else _caption(f) for f in files]
         images, names = _load_images(files), [str(f) for f in files]
