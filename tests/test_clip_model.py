@@ -99,3 +99,16 @@ def test_save_pretrained_round_trip(tmp_path):
         torch.testing.assert_close(loaded(images, ids), model(images, ids), atol=0, rtol=0)
     with pytest.raises(ValueError, match="unknown CLIP config keys"):
         CLIPConfig.from_dict({"width": 3})
+
+
+def test_bf16_model_takes_preprocessed_images_and_prompts():
+    ref = tiny_open_clip()
+    model = load_open_clip_weights(CLIP(config_from_state_dict(ref.state_dict(), quick_gelu=True)), ref.state_dict())
+    images = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fp32 = model.encode_image(model.preprocess(images), normalize=True) @ model.encode_prompts(["a cat"]).T
+        model.to(torch.bfloat16)
+        pixels = model.preprocess(images)  # in the model's dtype, so no cast is left to the caller
+        bf16 = model.encode_image(pixels, normalize=True) @ model.encode_prompts(["a cat"]).T
+    assert pixels.dtype == torch.bfloat16 and bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.float(), fp32, atol=3e-2, rtol=0)

@@ -203,8 +203,11 @@ class CLIP(nn.Module):
             batch = images[None] if images.dim() == 3 else images
             if batch.dim() != 4 or batch.shape[1] != 3:
                 raise ValueError(f"expected RGB images (B, 3, H, W) or (3, H, W) in [0, 1], got {tuple(images.shape)}")
-            return transform(batch.float()).to(self.logit_scale.device)
-        return transform(images.convert("RGB"))[None].to(self.logit_scale.device)
+            pixels = transform(batch.float())
+        else:
+            pixels = transform(images.convert("RGB"))[None]
+        weight = self.visual_proj.weight  # the model's device and dtype (e.g. after model.to("cuda", torch.float16))
+        return pixels.to(weight.device, weight.dtype)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `model.safetensors` (weights + config in the header) and `config.json` to `directory`."""
