@@ -17,8 +17,8 @@ def test_quick_gelu_is_clips_curve():
 
 @pytest.mark.parametrize("act_layer", ["quick_gelu", "gelu"])
 def test_timm_clip_layout_vit_loads_and_matches(act_layer):
-    ref = timm.create_model("vit_base_patch32_clip_224", pretrained=False, img_size=64, embed_dim=64, depth=2,
-                            num_heads=4, act_layer=act_layer, num_classes=7).eval()  # fmt: skip
+    small = dict(img_size=64, embed_dim=64, depth=2, num_heads=4, num_classes=7)
+    ref = timm.create_model("vit_base_patch32_clip_224", pretrained=False, act_layer=act_layer, **small).eval()
     torch.manual_seed(0)
     for p in ref.parameters():
         torch.nn.init.normal_(p, std=0.2)  # far from the LayerNorm init, so a skipped norm_pre shows
