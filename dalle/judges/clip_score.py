@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -201,8 +200,9 @@ def clip_score_report(argv: list[str]) -> dict:
     for name, prompt, score in zip(names, prompts, scores.tolist()):
         print(f"{score:6.2f}  {name}  {prompt!r}")
     mean = scores.mean().item()
-    std = scores.std().item() if len(scores) > 1 else math.nan
-    print(f"CLIP score: {mean:.2f} (std {std:.2f}) over {len(scores)} images, CLIP {args.clip}")
+    std = scores.std().item() if len(scores) > 1 else None  # JSON null: no spread from one image
+    spread = f" (std {std:.2f})" if std is not None else ""
+    print(f"CLIP score: {mean:.2f}{spread} over {len(scores)} image{'s' if len(scores) > 1 else ''}, CLIP {args.clip}")
     report = {"clip": str(args.clip), "mean": mean, "std": std, "count": len(scores),
               "scores": [{"image": n, "prompt": p, "score": s} for n, p, s in zip(names, prompts, scores.tolist())]}
     if args.json:
