@@ -28,13 +28,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from core_attention import init_weights, sincos_2d
-from core_attention.training import (
-    adamw_warmup_cosine,
-    fixed_order_sampler,
-    load_safetensors,
-    load_state_dict_checked,
-    save_safetensors,
-)
+from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.training import adamw_warmup_cosine, fixed_order_sampler
 from vit import ViTConfig, VisionTransformer
 
 from .shapes import ALL_PAIRS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, ShapesDataset, canonical_caption, render
@@ -180,7 +175,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if path.suffix != ".ckpt":
         return AttributeClassifier.from_pretrained(path, map_location)
-    from core_attention.training import load_checkpoint
+    from core_attention.io import load_checkpoint
 
     ckpt = load_checkpoint(path, map_location=map_location)
     arch = ckpt.get("hyper_parameters", {}).get("arch")

@@ -48,7 +48,7 @@ def convert(encoder_path: str, decoder_path: str, out: str, image_size: int = 25
     vae = DiscreteVAE.from_config(config)
     vae.load_weights(state, strict=True)
     if out.endswith(".safetensors"):
-        from core_attention.training.weights import save_safetensors
+        from core_attention.io import save_safetensors
 
         save_safetensors(out, vae.state_dict(), config.to_dict())
     else:

@@ -502,7 +502,7 @@ class DiscreteVAE(nn.Module):
         and the config that would fit the weights; missing/unexpected keys are listed."""
         check_state_dict_shapes(self, state_dict)
         if strict:
-            from core_attention.training.weights import load_state_dict_checked
+            from core_attention.io import load_state_dict_checked
 
             load_state_dict_checked(self, state_dict, source="dVAE weights")
         else:
@@ -510,7 +510,7 @@ class DiscreteVAE(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Writes ``config.json`` and ``model.safetensors`` (whose metadata holds the config too)."""
-        from core_attention.training.weights import save_safetensors
+        from core_attention.io import save_safetensors
 
         os.makedirs(directory, exist_ok=True)
         cfg = self.config.to_dict()
@@ -523,7 +523,7 @@ class DiscreteVAE(nn.Module):
         """Loads a ``save_pretrained`` directory, or one ``.safetensors`` file whose metadata holds the config (as
         ``python -m dalle.convert_openai`` writes). ``overrides`` replace config fields (e.g. ``image_size``).
         Safetensors only: nothing is unpickled."""
-        from core_attention.training.weights import load_safetensors
+        from core_attention.io import load_safetensors
 
         path = os.fspath(path)
         if os.path.isdir(path):

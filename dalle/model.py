@@ -353,14 +353,14 @@ class DALLE(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Writes ``model.safetensors`` (weights, config in the metadata) into ``directory``."""
-        from core_attention.training import save_safetensors
+        from core_attention.io import save_safetensors
 
         return save_safetensors(Path(directory) / "model.safetensors", self.state_dict(), self.config.to_dict())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DALLE:
         """Loads a ``save_pretrained`` directory (or its ``model.safetensors``) strictly; nothing is unpickled."""
-        from core_attention.training import load_safetensors, load_state_dict_checked
+        from core_attention.io import load_safetensors, load_state_dict_checked
 
         path = Path(path)
         file = path / "model.safetensors" if path.is_dir() else path

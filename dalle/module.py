@@ -398,7 +398,7 @@ def load_pipeline(path: str | os.PathLike, map_location: str | torch.device = "c
     """(model, tokenizer, dVAE) in eval mode from a ``fit`` checkpoint (.ckpt) or an exported folder.
 
     Checkpoints are read with ``weights_only=True``; weights must match their saved configs exactly (strict)."""
-    from core_attention.training import load_checkpoint, load_state_dict_checked
+    from core_attention.io import load_checkpoint, load_state_dict_checked
 
     path = Path(path)
     if path.is_dir():

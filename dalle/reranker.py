@@ -28,7 +28,8 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from core_attention import Encoder, LearnedPositionalEmbedding, init_weights, key_padding_mask
-from core_attention.training import adamw_warmup_cosine, load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.training import adamw_warmup_cosine
 from vit import ViTConfig, VisionTransformer
 
 from .shapes import parse_caption
@@ -260,7 +261,7 @@ def load_reranker(path: str | Path, map_location: str | torch.device = "cpu") ->
     path = Path(path)
     if path.suffix != ".ckpt":
         return ContrastiveReranker.from_pretrained(path, map_location)
-    from core_attention.training import load_checkpoint
+    from core_attention.io import load_checkpoint
 
     ckpt = load_checkpoint(path, map_location=map_location)
     hp, tok = ckpt.get("hyper_parameters", {}), ckpt.get("tokenizer_json")

@@ -107,7 +107,7 @@ def test_save_and_load_pretrained_strict(tmp_path) -> None:
     other = tiny(dim=64)
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="does not match"):
-        from core_attention.training import load_state_dict_checked
+        from core_attention.io import load_state_dict_checked
 
         load_state_dict_checked(model, DALLE.from_pretrained(tmp_path / "other").state_dict())
 

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from core_attention.training import load_checkpoint
+from core_attention.io import load_checkpoint
 from dalle.datamodules import ShapesDataModule
 from dalle.dvae import DiscreteVAE
 from dalle.generate import generate_images

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from core_attention.examples.seq2seq import ReverseDigitsDataModule, Seq2SeqModule
-from core_attention.training import TrainingCurves, cli_main, load_checkpoint
+from core_attention.io import load_checkpoint
+from core_attention.training import TrainingCurves, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,18 +14,8 @@ import torch
 
 from core_attention import TransformerBlock
 from core_attention.examples.seq2seq import ReverseDigitsDataModule, Seq2SeqModule
-from core_attention.training import (
-    AtomicCheckpointIO,
-    CompileBlocks,
-    FiniteLossGuard,
-    TrainingCurves,
-    TransformerFSDPStrategy,
-    cli_main,
-    load_checkpoint,
-    load_safetensors,
-    load_state_dict_checked,
-    save_safetensors,
-)
+from core_attention.io import load_checkpoint, load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.training import AtomicCheckpointIO, CompileBlocks, FiniteLossGuard, TrainingCurves, TransformerFSDPStrategy, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from core_attention.training import load_checkpoint
+from core_attention.io import load_checkpoint
 from vit import VisionTransformer, ViTConfig
 from vit.__main__ import main
 from vit.data import CIFARDataModule, DigitsDataModule, ImageFolderDataModule, load_image

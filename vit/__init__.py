@@ -10,13 +10,12 @@ Training: `python -m vit fit --config configs/vit/digits.yaml` (see `python -m v
 
 from .attention_maps import attention_maps, attention_rollout, save_attention_overlay
 from .model import PatchEmbed, ViTConfig, VisionTransformer
-from .timm_weights import adapt_state_dict, config_from_timm, from_timm, load_timm_weights, read_state_dict
+from .weights import config_from_timm, from_timm, load_timm_weights, read_state_dict
 
 __all__ = [
     "PatchEmbed",
     "ViTConfig",
     "VisionTransformer",
-    "adapt_state_dict",
     "attention_maps",
     "attention_rollout",
     "config_from_timm",

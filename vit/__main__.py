@@ -59,7 +59,7 @@ def attention_main(argv: list[str]) -> Path:
     from .attention_maps import save_attention_overlay
     from .data import load_image
     from .module import load_classifier
-    from .timm_weights import from_timm
+    from .weights import from_timm
 
     args = attention_parser().parse_args(argv)
     if args.checkpoint.startswith("timm:"):

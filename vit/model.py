@@ -11,16 +11,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from core_attention import QuickGELU, TransformerBlock, init_weights
-from core_attention.training import load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention import QuickGELU, TransformerBlock, init_weights, resample_pos_embed
+from core_attention.stacks import drop_path_rates, run_block
+from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
 
-        drop_path = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # grows with depth; cpu: meta builds
+        drop_path = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
             TransformerBlock(
                 embed_dim, num_heads,
@@ -304,11 +306,8 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Images (B, C, H, W) -> normalised tokens (B, prefix + N, D)."""
         x = self.norm_pre(self.embed(x))
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-        else:
-            x = self.blocks(x)
+        for block in self.blocks:
+            x = run_block(block, x, checkpointing=self.grad_checkpointing)
         return self.norm(x)
 
     def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
@@ -326,6 +325,50 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def adapt_state_dict(
+        self, state_dict: Mapping[str, Tensor], *, old_grid: tuple[int, int] | None = None
+    ) -> dict[str, Tensor]:
+        """Fit a ViT state dict to this model: resample `pos_embed` to its grid (bicubic, antialiased, like timm) and
+        replace a classifier head of another size by the model's fresh head (logged). Everything else is left for
+        the strict load to check. `old_grid` is the checkpoint's patch grid (h, w); None assumes a square grid."""
+        sd = {k: v for k, v in state_dict.items() if not k.startswith("pre_logits.")}  # unused in timm's ViTs too
+        pos = sd.get("pos_embed")
+        ckpt_prefix = int("cls_token" in sd) + (sd["reg_token"].shape[1] if "reg_token" in sd else 0)
+        same_tokens = ckpt_prefix == self.num_prefix_tokens  # else the strict load names the missing/extra tokens
+        if pos is not None and pos.dim() == 3 and pos.shape[-1] == self.pos_embed.shape[-1] and same_tokens:
+            prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+            new_grid = self.patch_embed.grid_size
+            n_grid = pos.shape[1] - prefix
+            if old_grid is None:
+                side = math.isqrt(max(n_grid, 0))
+                if pos.shape[1] == self.pos_embed.shape[1]:
+                    old_grid = new_grid  # same number of positions: assume the same grid, as timm does
+                elif side * side == n_grid:
+                    old_grid = (side, side)
+                else:
+                    raise ValueError(
+                        f"the checkpoint's pos_embed has {n_grid} patch positions, not a square grid: pass old_grid=(h, w), "
+                        f"the patch grid of the image size it was trained at"
+                    )
+            if tuple(old_grid) != new_grid:
+                sd["pos_embed"] = resample_pos_embed(pos, new_grid, tuple(old_grid), num_prefix_tokens=prefix)
+                log.info("resampled pos_embed from the checkpoint's %dx%d patch grid to the model's %dx%d", *old_grid, *new_grid)
+
+        own_head = self.head.state_dict()
+        ckpt_head = {k[len("head.") :]: v for k, v in sd.items() if k.startswith("head.")}
+        n_ckpt = ckpt_head["weight"].shape[0] if "weight" in ckpt_head else 0
+        if ckpt_head and n_ckpt != self.num_classes:  # a head of the right size but wrong width is a config mismatch
+            log.warning(
+                "dropping the checkpoint's classifier head (%d classes): the model has num_classes=%d, so its head "
+                "keeps its fresh initialisation and needs training", n_ckpt, self.num_classes,
+            )  # fmt: skip
+            sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+            sd.update({f"head.{k}": v for k, v in own_head.items()})
+        elif not ckpt_head and own_head:
+            log.warning("the checkpoint has no classifier head: the model's %d-class head keeps its fresh initialisation", self.num_classes)
+            sd.update({f"head.{k}": v for k, v in own_head.items()})
+        return sd
 
     # ---- our own weights -----------------------------------------------------------------------------------
 
@@ -345,8 +388,6 @@ class VisionTransformer(nn.Module):
         `overrides` change config fields: another `img_size` resamples pos_embed, another `num_classes`
         drops the saved head (logged), anything else must match the weights.
         """
-        from .timm_weights import adapt_state_dict  # same rules as for timm checkpoints
-
         path = Path(path)
         file = path / WEIGHTS_NAME if path.is_dir() else path
         state_dict, meta = load_safetensors(file)
@@ -358,7 +399,7 @@ class VisionTransformer(nn.Module):
         config = ViTConfig.from_dict({**meta["config"], **overrides})
         model = cls.from_config(config)
         old_grid = PatchEmbed(meta["config"]["img_size"], meta["config"]["patch_size"], 1, 1).grid_size
-        state_dict = adapt_state_dict(state_dict, model, old_grid=old_grid)
+        state_dict = model.adapt_state_dict(state_dict, old_grid=old_grid)  # the same rules as for timm weights
         load_state_dict_checked(model, state_dict, source=str(file))
         model.pretrained_cfg = dict(meta.get("pretrained_cfg") or {})
         if config.num_classes != meta["config"]["num_classes"]:

@@ -22,7 +22,8 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from core_attention.io import check_writable
-from core_attention.training import adamw_warmup_cosine, load_checkpoint, load_state_dict_checked
+from core_attention.io import load_checkpoint, load_state_dict_checked
+from core_attention.training import adamw_warmup_cosine
 
 from .model import ViTConfig, VisionTransformer
 
@@ -121,7 +122,7 @@ class ViTClassifier(pl.LightningModule):
 
     def load_pretrained(self) -> None:
         """Load the `pretrained` weights now (fit/validate/test/predict call this unless a checkpoint was restored)."""
-        from .timm_weights import load_timm_weights
+        from .weights import load_timm_weights
 
         source = self.hparams.pretrained
         self._pretrained_pending = False

@@ -21,7 +21,8 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
 from core_attention import Seq2SeqTransformer
-from core_attention.training import cli_main, fixed_order_sampler, load_checkpoint
+from core_attention.io import load_checkpoint
+from core_attention.training import cli_main, fixed_order_sampler
 
 PAD, BOS, EOS, FIRST_DIGIT = 0, 1, 2, 3
 VOCAB_SIZE = FIRST_DIGIT + 10

@@ -1,15 +1,15 @@
-"""Training conventions shared by every model: one CLI, checkpoints that survive crashes, safe loading.
+"""Training conventions shared by every model: one CLI, checkpoints that survive crashes, data-loading rules.
 
-Imports Lightning; `import core_attention` alone does not import this subpackage.
+Imports Lightning; only the modules that train import this subpackage (`import core_attention`, `import vit` and
+the models do not). Reading and writing weights lives in `core_attention.io`.
 """
 
 from .callbacks import CompileBlocks, FiniteLossGuard, TrainingCurves
-from .checkpoint_io import AtomicCheckpointIO, load_checkpoint
-from .data import fixed_order_sampler
+from .checkpoint_io import AtomicCheckpointIO
 from .cli import VitDalleCLI, cli_main
+from .data import fixed_order_sampler
 from .optim import adamw_warmup_cosine
 from .strategies import TransformerFSDPStrategy
-from .weights import load_safetensors, load_state_dict_checked, save_safetensors
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -21,8 +21,4 @@ __all__ = [
     "adamw_warmup_cosine",
     "cli_main",
     "fixed_order_sampler",
-    "load_checkpoint",
-    "load_safetensors",
-    "load_state_dict_checked",
-    "save_safetensors",
 ]

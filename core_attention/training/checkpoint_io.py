@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from ..io import load_checkpoint
 
 
 TEMP_SUFFIX = ".tmp"
@@ -54,22 +55,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location)
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a Lightning/torch checkpoint with `weights_only=True`: tensors and plain containers only, never code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        # Not torch's long advice to retry with weights_only=False: that is exactly what must not happen here.
-        reason = str(err).split("WeightsUnpickler error:")[-1].split("\n\n")[0].strip()
-        raise ValueError(
-            f"refused to load {path}: it is corrupt or another format, or it holds objects other than tensors and "
-            "plain containers, and loading those would run arbitrary code. Only load checkpoints written by this "
-            "package or converted to safetensors." + (f" ({reason})" if reason else "")
-        ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from None

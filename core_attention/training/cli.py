@@ -17,9 +17,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..io import check_writable
+from ..io import check_writable, load_checkpoint
 from .callbacks import FiniteLossGuard, TrainingCurves
-from .checkpoint_io import AtomicCheckpointIO, load_checkpoint, remove_stale_temp_files
+from .checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
 
 # `--ckpt_path last-or-new`: resume from the run folder's last checkpoint when there is one, else start a new run
 # (for a pre-emptible job that re-runs one command). A plain `--ckpt_path last` refuses to start from scratch.

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2 as T
 
 from core_attention import TransformerBlock
-from core_attention.training import load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 
 from ..model import ACT_LAYERS, ViTConfig, VisionTransformer
 from .tokenizer import CLIPTokenizer

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import Tensor
 
-from core_attention.training import load_checkpoint, load_safetensors, load_state_dict_checked
+from core_attention.io import load_checkpoint, load_safetensors, load_state_dict_checked
 
 from .model import CONFIG_NAME, WEIGHTS_NAME, CLIP, CLIPConfig
 from .torchscript import is_torchscript, read_torchscript

@@ -7,7 +7,6 @@ position table when the image size differs, and the classifier head when the num
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core_attention import resample_pos_embed
-from core_attention.training import load_checkpoint, load_safetensors, load_state_dict_checked
+from core_attention.io import load_checkpoint, load_safetensors, load_state_dict_checked
 
 from .model import ViTConfig, VisionTransformer
 
@@ -63,54 +61,6 @@ def read_state_dict(source: str | Path | Mapping[str, Tensor] | nn.Module) -> di
     return sd
 
 
-def adapt_state_dict(
-    state_dict: Mapping[str, Tensor],
-    model: VisionTransformer,
-    *,
-    old_grid: tuple[int, int] | None = None,
-) -> dict[str, Tensor]:
-    """Fit a ViT state dict to `model`: resample `pos_embed` to its grid (bicubic, antialiased, like timm) and
-    replace a classifier head of another size by the model's fresh head (logged). Everything else is left for
-    the strict load to check. `old_grid` is the checkpoint's patch grid (h, w); None assumes a square grid."""
-    sd = {k: v for k, v in state_dict.items() if not k.startswith("pre_logits.")}  # unused in timm's ViTs too
-    pos = sd.get("pos_embed")
-    ckpt_prefix = int("cls_token" in sd) + (sd["reg_token"].shape[1] if "reg_token" in sd else 0)
-    same_tokens = ckpt_prefix == model.num_prefix_tokens  # else the strict load names the missing/extra tokens
-    if pos is not None and pos.dim() == 3 and pos.shape[-1] == model.pos_embed.shape[-1] and same_tokens:
-        prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-        new_grid = model.patch_embed.grid_size
-        n_grid = pos.shape[1] - prefix
-        if old_grid is None:
-            side = math.isqrt(max(n_grid, 0))
-            if pos.shape[1] == model.pos_embed.shape[1]:
-                old_grid = new_grid  # same number of positions: assume the same grid, as timm does
-            elif side * side == n_grid:
-                old_grid = (side, side)
-            else:
-                raise ValueError(
-                    f"the checkpoint's pos_embed has {n_grid} patch positions, not a square grid: pass old_grid=(h, w), "
-                    f"the patch grid of the image size it was trained at"
-                )
-        if tuple(old_grid) != new_grid:
-            sd["pos_embed"] = resample_pos_embed(pos, new_grid, tuple(old_grid), num_prefix_tokens=prefix)
-            log.info("resampled pos_embed from the checkpoint's %dx%d patch grid to the model's %dx%d", *old_grid, *new_grid)
-
-    own_head = model.head.state_dict()
-    ckpt_head = {k[len("head.") :]: v for k, v in sd.items() if k.startswith("head.")}
-    n_ckpt = ckpt_head["weight"].shape[0] if "weight" in ckpt_head else 0
-    if ckpt_head and n_ckpt != model.num_classes:  # a head of the right size but wrong width is a config mismatch
-        log.warning(
-            "dropping the checkpoint's classifier head (%d classes): the model has num_classes=%d, so its head "
-            "keeps its fresh initialisation and needs training", n_ckpt, model.num_classes,
-        )  # fmt: skip
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-        sd.update({f"head.{k}": v for k, v in own_head.items()})
-    elif not ckpt_head and own_head:
-        log.warning("the checkpoint has no classifier head: the model's %d-class head keeps its fresh initialisation", model.num_classes)
-        sd.update({f"head.{k}": v for k, v in own_head.items()})
-    return sd
-
-
 def load_timm_weights(
     model: VisionTransformer,
     source: str | Path | Mapping[str, Tensor] | nn.Module,
@@ -127,7 +77,7 @@ def load_timm_weights(
     if isinstance(source, nn.Module) and old_grid is None and hasattr(source, "patch_embed"):
         old_grid = tuple(source.patch_embed.grid_size)
         _copy_pretrained_cfg(source, model)
-    sd = adapt_state_dict(read_state_dict(source), model, old_grid=old_grid)
+    sd = model.adapt_state_dict(read_state_dict(source), old_grid=old_grid)
     load_state_dict_checked(model, sd, source=f"timm checkpoint {source}" if isinstance(source, (str, Path)) else "timm checkpoint")
     return model
 
