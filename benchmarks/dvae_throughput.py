@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from dalle.dvae import DiscreteVAE, DVAEConfig  # noqa: E402
+from dalle.vae.dvae import DiscreteVAE, DVAEConfig  # noqa: E402
 
 
 def timed(fn, warmup: int, iters: int) -> float:

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import core_attention.layers as layers  # noqa: E402
-from dalle.model import DALLE, DALLEConfig  # noqa: E402
+from dalle.transformer.model import DALLE, DALLEConfig  # noqa: E402
 
 # DALLE-pytorch 1.6.6 on this configuration and the same 2-core CPU (fp32, cached, no guidance), the figure the
 # project's issue gives; it cannot be installed and run here beside ours, so it is quoted, not measured.

@@ -22,13 +22,13 @@ from huggingface_hub import snapshot_download
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .generate import GenerationResult, _load_image, check_prompts, keep_best, load_reranker, prime_ids, save_images
-from .model import available_memory
-from .transformer.bart import DalleBart, DalleBartConfig
-from .transformer.bart_tokenizer import BartTokenizer
-from .transformer.bart_weights import config_from_flax, load_dalle_bart
-from .vae.vqgan import VQGAN
-from .vae.vqgan_weights import load_vqgan
+from dalle.pipeline import GenerationResult, load_prime_image, check_prompts, keep_best, load_reranker, prime_ids, save_images
+from dalle.transformer.model import available_memory
+from dalle.transformer.bart import DalleBart, DalleBartConfig
+from dalle.transformer.bart_tokenizer import BartTokenizer
+from dalle.transformer.bart_weights import config_from_flax, load_dalle_bart
+from dalle.vae.vqgan import VQGAN
+from dalle.vae.vqgan_weights import load_vqgan
 
 __all__ = ["PRETRAINED", "Pretrained", "convert_main", "convert_pretrained", "generate_pretrained",
            "generate_pretrained_main", "load_pretrained", "memory_needed"]
@@ -197,7 +197,7 @@ def generate_pretrained_main(args: argparse.Namespace) -> int:
     rerank = load_reranker(args.rerank, args.rerank_checkpoint) if args.rerank else None  # fails before sampling
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     pipe = load_pretrained(args.pretrained, dtype=dtype, device=args.device)
-    prime = _load_image(args.prime_image, pipe.vqgan.image_size, args.prime_resize) if args.prime_image else None
+    prime = load_prime_image(args.prime_image, pipe.vqgan.image_size, args.prime_resize) if args.prime_image else None
     result = generate_pretrained(
         pipe, args.prompts, num_images=candidates, batch_size=args.batch_size, temperature=args.temperature,
         top_k=256 if args.top_k is None else args.top_k, top_p=args.top_p,

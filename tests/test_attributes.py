@@ -9,15 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle.attributes import (
-    ATTRIBUTES,
-    AllPairsShapes,
-    AttributeClassifier,
-    AttributeDataModule,
-    load_classifier,
-    train_classifier,
-)
-from dalle.shapes import ALL_PAIRS, COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Shape, ShapesDataset, render
+from dalle.judges.attributes import ATTRIBUTES, AllPairsShapes, AttributeClassifier, AttributeDataModule, load_classifier, train_classifier
+from dalle.data.shapes import ALL_PAIRS, COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Shape, ShapesDataset, render
 from vit import ViTConfig
 
 ROOT = Path(__file__).resolve().parents[1]

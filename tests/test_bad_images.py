@@ -53,7 +53,7 @@ def test_vit_image_folder_skips_unreadable_files_naming_each(tmp_path):
 
 
 def test_dalle_image_folder_skips_a_decompression_bomb(tmp_path, monkeypatch):
-    from dalle.image_folder import ImageFiles
+    from dalle.data.image_folder import ImageFiles
 
     for i in range(4):
         good_image(tmp_path / f"{i}.png", 16)

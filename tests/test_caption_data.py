@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dalle.caption_data import CaptionFolder, expand_urls, to_rgb, webdataset_pipeline, write_shards
-from dalle.shapes import ShapesDataset
+from dalle.data.caption_data import CaptionFolder, expand_urls, to_rgb, webdataset_pipeline, write_shards
+from dalle.data.shapes import ShapesDataset
 
 
 def make_folder(root):

@@ -94,7 +94,7 @@ def assert_ddp_equals_accumulation(command: list[str], tmp_path: Path) -> None:
 
 
 def tiny_dvae(folder: Path) -> Path:
-    from dalle.dvae import DiscreteVAE
+    from dalle.vae.dvae import DiscreteVAE
 
     torch.manual_seed(0)
     DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(folder)
@@ -124,8 +124,8 @@ def test_vit_fit_two_processes_equal_accumulation(tmp_path):
 
 @pytest.mark.slow
 def test_dalle_fit_two_processes_equal_accumulation(tmp_path):
-    from dalle.datamodules import ShapesDataModule
-    from dalle.tokenizer import BPETokenizer
+    from dalle.data.datamodules import ShapesDataModule
+    from dalle.transformer.tokenizer import BPETokenizer
 
     # With a tokenizer given, the model is built (and initialised) before fit, the same way in both set-ups; one
     # trained at setup is built inside fit, where DDP's set-up has drawn other random numbers (rank 0's weights

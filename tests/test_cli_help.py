@@ -136,10 +136,10 @@ CASES = [
     *[(f"python -m vit fit --data.help {c}", _vit, ["fit", "--data.help", c], None)
       for c in ("vit.data.DigitsDataModule", "vit.data.ImageFolderDataModule", "vit.data.CIFARDataModule")],
     *[(f"python -m dalle fit --data.help {c}", _dalle, ["fit", "--data.help", c], None)
-      for c in ("dalle.datamodules.ShapesDataModule", "dalle.datamodules.CaptionFolderDataModule",
-                "dalle.datamodules.WebDatasetDataModule")],
-    ("python -m dalle fit-vae --data.help dalle.image_folder.ImageFolderDataModule", _dalle,
-     ["fit-vae", "--data.help", "dalle.image_folder.ImageFolderDataModule"], None),
+      for c in ("dalle.data.datamodules.ShapesDataModule", "dalle.data.datamodules.CaptionFolderDataModule",
+                "dalle.data.datamodules.WebDatasetDataModule")],
+    ("python -m dalle fit-vae --data.help dalle.data.image_folder.ImageFolderDataModule", _dalle,
+     ["fit-vae", "--data.help", "dalle.data.image_folder.ImageFolderDataModule"], None),
     ("python -m vit fit --trainer.callbacks.help core_attention.training.CompileBlocks", _vit,
      ["fit", "--trainer.callbacks.help", "core_attention.training.CompileBlocks"], None),
     # Only its own options: the ones it passes on to Lightning's FSDPStrategy are documented (or not) by Lightning.

@@ -10,11 +10,12 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from dalle.__main__ import main as dalle_main
-from dalle.dvae import DiscreteVAE
-from dalle.generate import generate_images, generate_main, load_reranker
+from dalle.vae.dvae import DiscreteVAE
+from dalle.pipeline import generate_images, load_reranker
+from dalle.generate import generate_main
 from dalle.judges.clip_score import CLIPReranker, clip_score, clip_score_report, clip_similarity
-from dalle.model import DALLE
-from dalle.tokenizer import BPETokenizer
+from dalle.transformer.model import DALLE
+from dalle.transformer.tokenizer import BPETokenizer
 from vit.clip import load_clip
 from vit.clip.model import CLIP_MEAN, CLIP_STD
 
@@ -118,7 +119,7 @@ def test_pretrained_mini_mega_rerank_with_clip(clip_folder, tmp_path, monkeypatc
     from types import SimpleNamespace
 
     import dalle.pretrained as pretrained
-    from dalle.generate import GenerationResult
+    from dalle.pipeline import GenerationResult
 
     _, clip_path = clip_folder
     gen = torch.Generator().manual_seed(0)
@@ -154,7 +155,7 @@ def test_clip_score_of_mini_mega_samples(clip_folder, monkeypatch, capsys):
     from types import SimpleNamespace
 
     import dalle.pretrained as pretrained
-    from dalle.generate import GenerationResult
+    from dalle.pipeline import GenerationResult
 
     _, clip_path = clip_folder
     images = torch.rand(1, 3, 3, 16, 16, generator=torch.Generator().manual_seed(2))

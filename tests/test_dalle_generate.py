@@ -5,18 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dalle.dvae import DiscreteVAE
-from dalle.generate import (
-    filter_logits,
-    generate_images,
-    generate_main,
-    guide_logits,
-    load_reranker,
-    sample_logits,
-    sampling_logits,
-)
-from dalle.model import DALLE
-from dalle.tokenizer import BPETokenizer
+from dalle.vae.dvae import DiscreteVAE
+from dalle.transformer.sampling import filter_logits, guide_logits, sample_logits, sampling_logits
+from dalle.pipeline import generate_images, load_reranker
+from dalle.generate import generate_main
+from dalle.transformer.model import DALLE
+from dalle.transformer.tokenizer import BPETokenizer
 
 T, VI = 6, 32
 CAPTIONS = ["a red circle in the top left", "a big blue square at the bottom", "a green cross on the right"] * 4
@@ -158,20 +152,20 @@ def test_generate_rejects_bad_arguments(kwargs, match) -> None:
 
 
 def test_too_many_rows_fail_before_allocating(monkeypatch) -> None:
-    import dalle.model
+    import dalle.transformer.model
 
     model = tiny_model()
-    monkeypatch.setattr(dalle.model, "available_memory", lambda device: 1 << 20)  # 1 MiB free
+    monkeypatch.setattr(dalle.transformer.model, "available_memory", lambda device: 1 << 20)  # 1 MiB free
     assert model.cache_bytes(4096) > 1 << 20
     with pytest.raises(MemoryError, match=r"GiB is free.*--batch-size"):
         model.generate(torch.zeros(4096, T, dtype=torch.long), guidance_scale=3.0)
 
 
 def test_too_many_images_fail_before_generating(pipeline, monkeypatch) -> None:
-    import dalle.model
+    import dalle.transformer.model
 
     model, tokenizer, vae = pipeline
-    monkeypatch.setattr(dalle.model, "available_memory", lambda device: 64 << 20)  # 64 MiB free
+    monkeypatch.setattr(dalle.transformer.model, "available_memory", lambda device: 64 << 20)  # 64 MiB free
     with pytest.raises(MemoryError, match=r"ask for fewer images \(-n\)"):
         generate_images(model, tokenizer, vae, "a red circle", num_images=100_000, batch_size=8)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.model import DALLE, DALLEConfig, paper_attn_types
+from dalle.transformer.model import DALLE, DALLEConfig, paper_attn_types
 
 T, G, VT, VI = 5, 4, 40, 24  # text length, grid side, text vocab, image vocab
 N = G * G

@@ -10,11 +10,12 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from core_attention.io import load_checkpoint
-from dalle.datamodules import ShapesDataModule
-from dalle.dvae import DiscreteVAE
-from dalle.generate import generate_images
-from dalle.module import DALLEModule, fit_main, load_pipeline
-from dalle.tokenizer import BPETokenizer
+from dalle.data.datamodules import ShapesDataModule
+from dalle.vae.dvae import DiscreteVAE
+from dalle.pipeline import generate_images
+from dalle.transformer.module import DALLEModule, fit_main
+from dalle.pipeline import load_pipeline
+from dalle.transformer.tokenizer import BPETokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dalle"
 
@@ -121,7 +122,7 @@ def test_configs_parse(name, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         fit_main(["--config", str(CONFIGS / f"{name}.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
-    assert "dalle.datamodules" in capsys.readouterr().out
+    assert "dalle.data.datamodules" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -3,9 +3,9 @@ import pytorch_lightning as pl
 import torch
 from jsonargparse import ArgumentParser
 
-from dalle.caption_data import write_shards
-from dalle.datamodules import CaptionFolderDataModule, ShapesDataModule, WebDatasetDataModule
-from dalle.shapes import ShapesDataset, is_held_out, parse_caption, write_folder
+from dalle.data.caption_data import write_shards
+from dalle.data.datamodules import CaptionFolderDataModule, ShapesDataModule, WebDatasetDataModule
+from dalle.data.shapes import ShapesDataset, is_held_out, parse_caption, write_folder
 
 
 def check_batch(batch, batch_size, image_size, labels=False):

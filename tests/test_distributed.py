@@ -10,9 +10,9 @@ def _dalle_setup(tmp_path):
     """A tiny random dVAE and factories for a module that trains its tokenizer at setup, and its data."""
     import torch
 
-    from dalle.datamodules import ShapesDataModule
-    from dalle.dvae import DiscreteVAE
-    from dalle.module import DALLEModule
+    from dalle.data.datamodules import ShapesDataModule
+    from dalle.vae.dvae import DiscreteVAE
+    from dalle.transformer.module import DALLEModule
 
     torch.manual_seed(0)
     DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(tmp_path / "vae")
@@ -31,8 +31,8 @@ def _dalle_setup(tmp_path):
 
 @pytest.mark.slow
 def test_dalle_ddp_trains_the_tokenizer_on_rank_zero_at_setup(tmp_path):
-    from dalle.module import load_pipeline
-    from dalle.tokenizer import BPETokenizer
+    from dalle.pipeline import load_pipeline
+    from dalle.transformer.tokenizer import BPETokenizer
     from distributed import train_weights
 
     make_module, make_data = _dalle_setup(tmp_path)

@@ -8,17 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.dvae import (
-    DiscreteVAE,
-    DVAEConfig,
-    config_from_state_dict,
-    gumbel_softmax,
-    kl_to_uniform,
-    logit_laplace_nll,
-    map_pixels,
-    unmap_pixels,
-)
-from dalle.dvae_module import CodebookUsage, DVAEModule, cosine_schedule
+from dalle.vae.dvae import DiscreteVAE, DVAEConfig, config_from_state_dict, gumbel_softmax, kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
+from dalle.vae.module import CodebookUsage, DVAEModule, cosine_schedule
 
 SMALL = dict(image_size=16, num_tokens=64, hidden_dim=16, num_resblocks=1, codebook_dim=16)
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 dall_e = pytest.importorskip("dall_e", reason="dall_e is a dev dependency: pip install -e .[dev]")
 
-from dalle.convert_openai import main as convert_main  # noqa: E402
-from dalle.dvae import DiscreteVAE, DVAEConfig, map_pixels, unmap_pixels  # noqa: E402
+from dalle.vae.convert_openai import main as convert_main  # noqa: E402
+from dalle.vae.dvae import DiscreteVAE, DVAEConfig, map_pixels, unmap_pixels  # noqa: E402
 
 # Smallest sizes dall_e's validators allow, 64 px: quick, and every code path of the full model.
 N_HID, N_BLK, VOCAB, N_INIT, SIZE = 64, 1, 512, 32, 64

@@ -15,8 +15,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from dalle.dvae import DiscreteVAE
-from dalle.dvae_module import CodebookCollapseWarning, DVAEModule
+from dalle.vae.dvae import DiscreteVAE
+from dalle.vae.module import CodebookCollapseWarning, DVAEModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=16, num_tokens=32, hidden_dim=8, num_resblocks=1, codebook_dim=8)
@@ -129,7 +129,7 @@ def test_cli_fit_runs_shapes_config(tmp_path) -> None:
 
 
 def _shapes(split: str, n: int, max_shapes: int) -> torch.Tensor:
-    from dalle.shapes import ShapesDataset
+    from dalle.data.shapes import ShapesDataset
 
     ds = ShapesDataset(split, n, 32, max_shapes=max_shapes)
     return torch.stack([ds[i]["image"] for i in range(n)])

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle.attributes import AttributeClassifier
-from dalle.evaluate import SPLITS, accuracy, evaluate_main, prompt_scenes, split_scenes
-from dalle.shapes import HELD_OUT_PAIRS, TRAIN_PAIRS, ShapesDataset, canonical_caption, is_held_out, parse_caption
+from dalle.judges.attributes import AttributeClassifier
+from dalle.judges.evaluate import SPLITS, accuracy, evaluate_main, prompt_scenes, split_scenes
+from dalle.data.shapes import HELD_OUT_PAIRS, TRAIN_PAIRS, ShapesDataset, canonical_caption, is_held_out, parse_caption
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {"shape", "colour", "size", "position", "all"}
@@ -49,9 +49,9 @@ def test_accuracy_counts_each_attribute_and_all_together() -> None:
 @pytest.fixture(scope="module")
 def dalle_folder(tmp_path_factory) -> Path:
     """A tiny untrained DALL·E written through the training module's own export (what `python -m dalle fit` saves)."""
-    from dalle.dvae import DiscreteVAE
-    from dalle.module import DALLEModule
-    from dalle.tokenizer import BPETokenizer
+    from dalle.vae.dvae import DiscreteVAE
+    from dalle.transformer.module import DALLEModule
+    from dalle.transformer.tokenizer import BPETokenizer
 
     root = tmp_path_factory.mktemp("dalle")
     torch.manual_seed(0)
@@ -114,11 +114,11 @@ def test_evaluate_trains_and_caches_a_missing_classifier(dalle_folder, tmp_path,
 def test_evaluate_with_a_reranker_scores_its_best_candidates(dalle_folder, tmp_path, capsys) -> None:
     """`--reranker DIR --candidates C`: each prompt's images are the reranker's best of C candidates (the shipped
     shapes figures are measured this way), and the report records which reranker and how many candidates."""
-    from dalle.evaluate import evaluate
-    from dalle.generate import generate_images
-    from dalle.module import load_pipeline
-    from dalle.reranker import ContrastiveReranker, load_reranker
-    from dalle.tokenizer import BPETokenizer
+    from dalle.judges.evaluate import evaluate
+    from dalle.pipeline import generate_images
+    from dalle.pipeline import load_pipeline
+    from dalle.judges.reranker import ContrastiveReranker, load_reranker
+    from dalle.transformer.tokenizer import BPETokenizer
     from test_reranker import tiny_config  # tests/ is on sys.path (conftest.py)
 
     torch.manual_seed(0)

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
-from dalle.attributes import train_classifier
-from dalle.datamodules import ShapesDataModule
-from dalle.dvae_module import DVAEModule
-from dalle.evaluate import evaluate, format_table
-from dalle.module import DALLEModule
-from dalle.reranker import RerankerConfig, RerankerModule
+from dalle.judges.attributes import train_classifier
+from dalle.data.datamodules import ShapesDataModule
+from dalle.vae.module import DVAEModule
+from dalle.judges.evaluate import evaluate, format_table
+from dalle.transformer.module import DALLEModule
+from dalle.judges.reranker import RerankerConfig, RerankerModule
 from test_dvae_training import REDUCED_MODEL  # tests/ is on sys.path (conftest.py)
 
 IMAGE_SIZE = 16

@@ -158,7 +158,7 @@ def test_readme_command_parses(line: int, module: str, args: list[str], fenced: 
         parser = {"attention": cli.attention_parser, "zero-shot": zero_shot_parser}.get(subcommand, lambda: None)()
     elif module == "dalle":
         import dalle.__main__ as cli
-        from dalle.evaluate import evaluate_parser
+        from dalle.judges.evaluate import evaluate_parser
         from dalle.generate import generate_parser
         from dalle.judges.clip_score import clip_score_parser
 
@@ -168,9 +168,9 @@ def test_readme_command_parses(line: int, module: str, args: list[str], fenced: 
         parser = parsers.get(subcommand, lambda: None)()
         if subcommand == "demo":  # takes only --out DIR and --quick; running it is `make demo`
             assert all(a in ("--out", "--quick", "--help") or not a.startswith("-") for a in rest)
-    elif module == "dalle.convert_openai":
-        import dalle.convert_openai as cli
-        from dalle.dvae import DiscreteVAE
+    elif module == "dalle.vae.convert_openai":
+        import dalle.vae.convert_openai as cli
+        from dalle.vae.dvae import DiscreteVAE
 
         main, lightning_cli, parser = cli.main, False, None
         if fenced and not wants_help:  # the real argument parsing, with the conversion itself left out
@@ -202,7 +202,7 @@ def readme_cwd(tmp_path_factory) -> Path:
     import dalle.__main__ as dalle_cli
     import vit.__main__ as vit_cli
     from dalle.demo import write_digit_image
-    from dalle.dvae import DiscreteVAE
+    from dalle.vae.dvae import DiscreteVAE
 
     cwd = tmp_path_factory.mktemp("readme")
     quick = ["--trainer.max_steps=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",

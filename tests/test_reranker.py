@@ -12,10 +12,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from dalle.datamodules import ShapesDataModule
-from dalle.reranker import ContrastiveReranker, RerankerConfig, RerankerModule, clip_loss, load_reranker, load_scorer
-from dalle.shapes import ShapesDataset
-from dalle.tokenizer import BPETokenizer
+from dalle.data.datamodules import ShapesDataModule
+from dalle.judges.reranker import ContrastiveReranker, RerankerConfig, RerankerModule, clip_loss, load_reranker, load_scorer
+from dalle.data.shapes import ShapesDataset
+from dalle.transformer.tokenizer import BPETokenizer
 from vit import ViTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,9 +137,9 @@ def test_validate_without_tokenizer_is_explained(tmp_path) -> None:
 
 def test_reranks_dalle_candidates(tokenizer) -> None:
     """The reranker plugs into DALL·E generation: the kept images are the best-scored candidates, best first."""
-    from dalle.dvae import DiscreteVAE
-    from dalle.generate import generate_images
-    from dalle.model import DALLE, DALLEConfig
+    from dalle.vae.dvae import DiscreteVAE
+    from dalle.pipeline import generate_images
+    from dalle.transformer.model import DALLE, DALLEConfig
 
     torch.manual_seed(0)
     vae = DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).eval()

@@ -136,7 +136,7 @@ def test_predict_checks_its_output_file_before_predicting(tmp_path, capsys):
 
 
 def test_fit_vae_checks_its_export_folder_before_training(tmp_path):
-    from dalle.dvae_module import fit_vae_main
+    from dalle.vae.module import fit_vae_main
 
     (tmp_path / "a_file").write_text("")
     with pytest.raises(PermissionError, match=r"cannot write the export folder .*a_file/dvae"):

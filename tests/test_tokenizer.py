@@ -3,8 +3,8 @@ import pickle
 import pytest
 import torch
 
-from dalle.shapes import ShapesDataset
-from dalle.tokenizer import PAD_ID, UNK_ID, BPETokenizer
+from dalle.data.shapes import ShapesDataset
+from dalle.transformer.tokenizer import PAD_ID, UNK_ID, BPETokenizer
 
 
 @pytest.fixture(scope="module")

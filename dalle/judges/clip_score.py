@@ -157,15 +157,15 @@ def _generated(args: argparse.Namespace) -> tuple[list[str], Tensor, list[str]]:
         raise ValueError("generating needs prompts: --prompts ... or --prompts-file FILE")
     n, source = args.num_images, args.checkpoint or args.pretrained
     if args.pretrained is not None:
-        from ..pretrained import generate_pretrained, load_pretrained
+        from dalle.pretrained import generate_pretrained, load_pretrained
 
         pipe = load_pretrained(args.pretrained, device=args.device)
         guidance = 16.0 if args.guidance_scale is None else args.guidance_scale
         result = generate_pretrained(pipe, prompts, num_images=n, seed=args.seed, guidance_scale=guidance,
                                      top_p=args.top_p)
     else:
-        from ..generate import generate_images
-        from ..module import load_pipeline
+        from dalle.pipeline import generate_images
+        from dalle.pipeline import load_pipeline
 
         model, tokenizer, vae = load_pipeline(args.checkpoint, map_location=torch.device(args.device))
         guidance = 1.0 if args.guidance_scale is None else args.guidance_scale

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from core_attention import DecoderCache, KVCache, LearnedPositionalEmbedding, Linear, NormFormerBlock
 
-from ..generate import check_sampling_args, filter_logits, guide_logits
+from dalle.transformer.sampling import check_sampling_args, filter_logits, guide_logits
 
 __all__ = ["ARCHITECTURE", "DalleBart", "DalleBartConfig", "sample_image_tokens"]
 

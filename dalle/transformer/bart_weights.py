@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..weight_files import WeightsError, flatten, read_flax_msgpack, read_torch_state_dict
-from .bart import DalleBart, DalleBartConfig
+from dalle.weight_files import WeightsError, flatten, read_flax_msgpack, read_torch_state_dict
+from dalle.transformer.bart import DalleBart, DalleBartConfig
 
 __all__ = ["config_from_flax", "config_from_state", "flax_to_min_dalle", "load_dalle_bart", "min_dalle_to_ours"]
 

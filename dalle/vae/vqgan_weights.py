@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..weight_files import WeightsError, flatten, read_flax_msgpack, read_torch_state_dict
-from .vqgan import VQGAN, VQGANConfig
+from dalle.weight_files import WeightsError, flatten, read_flax_msgpack, read_torch_state_dict
+from dalle.vae.vqgan import VQGAN, VQGANConfig
 
 __all__ = ["flax_to_taming", "load_vqgan", "taming_to_ours"]
 

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from core_attention.training import fixed_order_sampler
 
-from .caption_data import IMAGE_ERRORS, IMAGE_EXTENSIONS, image_transform, open_image
-from .datamodules import dataloader, holdout_split
+from dalle.data.caption_data import IMAGE_ERRORS, IMAGE_EXTENSIONS, image_transform, open_image
+from dalle.data.datamodules import dataloader, holdout_split
 
 __all__ = ["ImageFiles", "ImageFolderDataModule"]
 

@@ -1,6 +1,6 @@
 """Real captioned-image data: a folder of image + caption pairs, or WebDataset tar shards (the multi-node path).
 
-Both yield the same item as :class:`dalle.shapes.ShapesDataset` minus the labels::
+Both yield the same item as :class:`dalle.data.shapes.ShapesDataset` minus the labels::
 
     {"image": float32 (3, image_size, image_size) in [0, 1], "caption": str}
 

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from .dvae import Architecture, DiscreteVAE, ReconLoss, kl_to_uniform, logit_laplace_nll, map_pixels
+from dalle.vae.dvae import Architecture, DiscreteVAE, ReconLoss, kl_to_uniform, logit_laplace_nll, map_pixels
 
 __all__ = ["CodebookUsage", "DVAEModule", "CodebookCollapseWarning", "cosine_schedule", "batch_images", "fit_vae_main"]
 
@@ -70,7 +70,7 @@ def batch_images(batch: Any) -> torch.Tensor:
 
 
 class DVAEModule(pl.LightningModule):
-    """Trains :class:`~dalle.dvae.DiscreteVAE`. Model options are ``DiscreteVAE``'s; see that class.
+    """Trains :class:`~dalle.vae.dvae.DiscreteVAE`. Model options are ``DiscreteVAE``'s; see that class.
 
     Args:
         architecture: 'dalle' (this project's compact encoder/decoder) or 'openai' (the layout of OpenAI's released

@@ -1,6 +1,6 @@
 """Convert OpenAI's released dVAE (pickled ``dall_e`` modules, ``encoder.pkl`` / ``decoder.pkl``) to safetensors, once.
 
-    python -m dalle.convert_openai encoder.pkl decoder.pkl dall_e_dvae.safetensors
+    python -m dalle.vae.convert_openai encoder.pkl decoder.pkl dall_e_dvae.safetensors
 
 WARNING: the released files are whole pickled Python modules. Reading them UNPICKLES, which runs code from the
 file: do this only for the files you downloaded from OpenAI yourself. It needs the ``dall_e`` package installed
@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from .dvae import DiscreteVAE, config_from_state_dict
+from dalle.vae.dvae import DiscreteVAE, config_from_state_dict
 
 UNPICKLE_WARNING = (
     "WARNING: unpickling {path}. Pickle files run code when loaded; only convert the dall_e files you "
@@ -58,7 +58,7 @@ def convert(encoder_path: str, decoder_path: str, out: str, image_size: int = 25
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dalle.convert_openai",
+        prog="python -m dalle.vae.convert_openai",
         description="Convert OpenAI's pickled dall_e Encoder/Decoder to safetensors. UNPICKLES its inputs: trusted files only.",
     )
     parser.add_argument("encoder", help="encoder.pkl from OpenAI's release")

@@ -7,7 +7,7 @@ All three give the same batches, so either model trains on any of them::
     batch["labels"]   long (B, 4)   shapes only: [shape, colour, size, position] of the first shape
 
 Tokenisation happens in the DALL·E LightningModule, not here. ``train_captions()`` gives the training captions (no
-images decoded) to train a :class:`dalle.tokenizer.BPETokenizer` before the model is built.
+images decoded) to train a :class:`dalle.transformer.tokenizer.BPETokenizer` before the model is built.
 """
 
 from __future__ import annotations
@@ -20,14 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from core_attention.training import fixed_order_sampler
 
-from .caption_data import (
-    CaptionFolder,
-    expand_urls,
-    per_worker_epoch_length,
-    shard_captions,
-    webdataset_pipeline,
-)
-from .shapes import ShapesDataset, Split
+from dalle.data.caption_data import CaptionFolder, expand_urls, per_worker_epoch_length, shard_captions, webdataset_pipeline
+from dalle.data.shapes import ShapesDataset, Split
 
 
 def dataloader(
@@ -65,7 +59,7 @@ def _world_size(module: pl.LightningDataModule) -> int:
 
 
 class ShapesDataModule(pl.LightningDataModule):
-    """Synthetic captioned shapes (:mod:`dalle.shapes`): no download, deterministic, with a held-out split.
+    """Synthetic captioned shapes (:mod:`dalle.data.shapes`): no download, deterministic, with a held-out split.
 
     ``heldout_dataloader()`` serves (colour, shape) pairs never seen in training (compositional generalisation).
 
@@ -130,7 +124,7 @@ class ShapesDataModule(pl.LightningDataModule):
 
 
 class CaptionFolderDataModule(pl.LightningDataModule):
-    """A folder of images with same-name ``.txt`` captions (:class:`dalle.caption_data.CaptionFolder`).
+    """A folder of images with same-name ``.txt`` captions (:class:`dalle.data.caption_data.CaptionFolder`).
 
     Without ``val_dir``, a seeded ``val_fraction`` of ``train_dir`` is held out for validation (0 disables
     validation). The test loader is the validation loader.

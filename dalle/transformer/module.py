@@ -11,7 +11,7 @@ built once both vocabularies are known, so a checkpoint holds everything needed 
     tokenizer_json        the tokenizer's ``tokenizer.json`` text
     hyper_parameters      this module's arguments
 
-``load_pipeline(path)`` reads such a checkpoint (``weights_only=True``, strict key/shape checks) or the folder that
+``dalle.pipeline.load_pipeline(path)`` reads such a checkpoint (``weights_only=True``, strict key/shape checks) or the folder that
 ``fit`` exports at the end (``model.safetensors``, ``tokenizer.json``, ``vae/``).
 """
 
@@ -30,11 +30,11 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from .dvae import DiscreteVAE, DVAEConfig
-from .model import DALLE, DALLEConfig
-from .tokenizer import BPETokenizer
+from ..vae.dvae import DiscreteVAE, DVAEConfig
+from dalle.transformer.model import DALLE, DALLEConfig
+from dalle.transformer.tokenizer import BPETokenizer
 
-__all__ = ["DALLEModule", "fit_main", "load_pipeline"]
+__all__ = ["DALLEModule", "fit_main"]
 
 DEFAULT_SAMPLE_PROMPTS = (
     "a small red circle in the top left",
@@ -45,7 +45,7 @@ DEFAULT_SAMPLE_PROMPTS = (
 
 
 class DALLEModule(pl.LightningModule):
-    """Trains :class:`~dalle.model.DALLE` on image-caption batches (``{"image": (B,3,H,W) in [0,1], "caption": [str]}``).
+    """Trains :class:`~dalle.transformer.model.DALLE` on image-caption batches (``{"image": (B,3,H,W) in [0,1], "caption": [str]}``).
 
     Args:
         vae_path: the trained dVAE, a ``DiscreteVAE.save_pretrained`` folder (or its ``.safetensors`` file).
@@ -63,7 +63,7 @@ class DALLEModule(pl.LightningModule):
         attn_drop: dropout on the attention weights.
         drop_path_rate: stochastic depth of the last block (growing linearly from 0 over the blocks).
         attn_types: attention pattern per layer, cycled over the depth: 'full' (causal), or the paper's sparse
-            image masks 'row', 'column' and 'conv' (see :func:`~dalle.model.paper_attn_types`).
+            image masks 'row', 'column' and 'conv' (see :func:`~dalle.transformer.model.paper_attn_types`).
         conv_kernel_size: window side of the 'conv' layers, in image tokens (the paper: 11 on a 32 x 32 grid).
         loss_img_weight: the loss weighs text : image tokens as 1 : loss_img_weight (the paper: 7).
         caption_dropout: probability of replacing a caption by the empty (all-padding) text while training, so the
@@ -218,7 +218,7 @@ class DALLEModule(pl.LightningModule):
             rank_zero_warn(
                 "DALLEModule: trained weights dropped, this module has no model (it was built at setup in other "
                 "processes). Give tokenizer_path so the model exists before fit, or load the exported folder or a "
-                "checkpoint with dalle.module.load_pipeline."
+                "checkpoint with dalle.pipeline.load_pipeline."
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -312,15 +312,14 @@ class DALLEModule(pl.LightningModule):
 
     def sample_grid(self) -> Tensor:
         """(P * n, 3, H, W) images for the fixed sample prompts, in [0, 1]."""
-        from .generate import generate_images
-
         hp = self.hparams
-        result = generate_images(
-            self.model, self.tokenizer, self.vae, list(hp.sample_prompts or DEFAULT_SAMPLE_PROMPTS),
-            num_images=hp.sample_images_per_prompt, batch_size=64, temperature=hp.sample_temperature,
-            top_k=hp.sample_top_k, top_p=hp.sample_top_p, guidance_scale=hp.sample_guidance_scale, seed=hp.sample_seed,
-        )  # fmt: skip
-        return result.images.flatten(0, 1)
+        prompts = list(hp.sample_prompts or DEFAULT_SAMPLE_PROMPTS)
+        text = self.tokenizer.encode_batch(prompts, hp.text_seq_len).repeat_interleave(hp.sample_images_per_prompt, 0)
+        ids = self.model.generate(
+            text, temperature=hp.sample_temperature, top_k=hp.sample_top_k, top_p=hp.sample_top_p,
+            guidance_scale=hp.sample_guidance_scale, generator=torch.Generator(self.model.device).manual_seed(hp.sample_seed),
+        )  # (P * n, image_seq_len)
+        return self.vae.decode(ids.to(next(self.vae.parameters()).device)).float().cpu()
 
     def on_validation_epoch_end(self) -> None:
         images, self._val_samples = self._val_samples, None
@@ -392,34 +391,6 @@ class DALLEModule(pl.LightningModule):
         self.tokenizer.save(folder / "tokenizer.json")
         self.vae.save_pretrained(folder / "vae")
         return folder
-
-
-def load_pipeline(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DALLE, BPETokenizer, DiscreteVAE]:
-    """(model, tokenizer, dVAE) in eval mode from a ``fit`` checkpoint (.ckpt) or an exported folder.
-
-    Checkpoints are read with ``weights_only=True``; weights must match their saved configs exactly (strict)."""
-    from core_attention.io import load_checkpoint, load_state_dict_checked
-
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{path} is not an exported DALLE folder (no model.safetensors; expected also tokenizer.json and vae/)")
-        model = DALLE.from_pretrained(path, map_location)
-        vae = DiscreteVAE.from_pretrained(path / "vae", map_location=map_location)
-        return model, BPETokenizer.load(path / "tokenizer.json"), vae.eval()
-    ckpt = load_checkpoint(path, map_location=map_location)
-    missing = [k for k in ("state_dict", "dalle_config", "vae_config", "vae_state_dict", "tokenizer_json") if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit` (it lacks {', '.join(missing)})")
-    state = ckpt["state_dict"]
-    model = DALLE(DALLEConfig.from_dict(ckpt["dalle_config"]))
-    load_state_dict_checked(model, {k[6:]: v for k, v in state.items() if k.startswith("model.")}, source=f"checkpoint {path}")
-    vae = DiscreteVAE.from_config(ckpt["vae_config"])
-    vae.load_weights(ckpt["vae_state_dict"])
-    tokenizer = BPETokenizer(Tokenizer.from_str(ckpt["tokenizer_json"]))
-    if tokenizer.vocab_size != model.config.text_vocab_size:
-        raise ValueError(f"{path}: tokenizer vocab {tokenizer.vocab_size} != model text_vocab_size {model.config.text_vocab_size}")
-    return model.to(map_location).eval(), tokenizer, vae.to(map_location).eval()
 
 
 def fit_main(args: list[str]) -> None:

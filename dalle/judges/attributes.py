@@ -32,7 +32,7 @@ from core_attention.io import load_safetensors, load_state_dict_checked, save_sa
 from core_attention.training import adamw_warmup_cosine, fixed_order_sampler
 from vit import ViTConfig, VisionTransformer
 
-from .shapes import ALL_PAIRS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, ShapesDataset, canonical_caption, render
+from dalle.data.shapes import ALL_PAIRS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, ShapesDataset, canonical_caption, render
 
 __all__ = [
     "ATTRIBUTES",
@@ -192,7 +192,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
 class AllPairsShapes(Dataset):
     """One-shape scenes with kind, colour, size and position each drawn uniformly (all 40 colour-shape pairs).
 
-    Item ``i`` is a pure function of ``(seed, split, i)``, like :class:`dalle.shapes.ShapesDataset`, and has the same
+    Item ``i`` is a pure function of ``(seed, split, i)``, like :class:`dalle.data.shapes.ShapesDataset`, and has the same
     keys: ``{"image": (3, H, W) in [0, 1], "caption": canonical caption, "labels": (4,) long}``. ``cache=True``
     keeps every rendered image (uint8) after its first use: later epochs cost nothing (single-process loading).
     """

@@ -8,7 +8,7 @@ The temperature is learned (``logit_scale``, initialised to 1 / 0.07 and clamped
 has its own BPE tokenizer, trained on the training captions when fitting starts and shipped with the weights.
 
 Train: ``python -m dalle fit-reranker --config configs/dalle/reranker.yaml``. Use while generating:
-``python -m dalle generate PROMPT --candidates 32 -n 4 --rerank dalle.reranker:load_scorer --rerank-checkpoint DIR``
+``python -m dalle generate PROMPT --candidates 32 -n 4 --rerank dalle.judges.reranker:load_scorer --rerank-checkpoint DIR``
 (``DIR``: the ``export_dir`` the training wrote, or its Lightning ``.ckpt``).
 """
 
@@ -32,8 +32,8 @@ from core_attention.io import load_safetensors, load_state_dict_checked, save_sa
 from core_attention.training import adamw_warmup_cosine
 from vit import ViTConfig, VisionTransformer
 
-from .shapes import parse_caption
-from .tokenizer import BPETokenizer
+from dalle.data.shapes import parse_caption
+from dalle.transformer.tokenizer import BPETokenizer
 
 __all__ = [
     "ContrastiveReranker",
@@ -275,7 +275,7 @@ def load_reranker(path: str | Path, map_location: str | torch.device = "cpu") ->
 
 
 def load_scorer(path: str | Path) -> Callable[[list[str], Tensor], Tensor]:
-    """Factory for ``generate --rerank dalle.reranker:load_scorer --rerank-checkpoint PATH``: the ``score`` callable
+    """Factory for ``generate --rerank dalle.judges.reranker:load_scorer --rerank-checkpoint PATH``: the ``score`` callable
     of the reranker at PATH (on the GPU when there is one)."""
     model = load_reranker(path)
     if torch.cuda.is_available():
@@ -417,7 +417,7 @@ generated candidates. Example:
 
   python -m dalle fit-reranker --config configs/dalle/reranker.yaml
   python -m dalle generate "a small red circle in the top left" -n 4 --candidates 32 \\
-      --checkpoint DALLE_CKPT --rerank dalle.reranker:load_scorer --rerank-checkpoint runs/reranker/export
+      --checkpoint DALLE_CKPT --rerank dalle.judges.reranker:load_scorer --rerank-checkpoint runs/reranker/export
 
 After fitting, the model is saved to --model.export_dir (weights, tokenizer, config) and evaluated on the
 datamodule's test split (text-to-image / image-to-text top-1 retrieval inside a batch, against chance 1/batch).

@@ -1,7 +1,7 @@
 """``python -m dalle evaluate``: how often does a DALL·E checkpoint draw what the prompt says?
 
 Prompts. Every prompt is the canonical caption of a one-shape scene, e.g. "a small red circle in the top left"
-(``dalle.shapes.canonical_caption``). A scene is (colour, shape, size, position); the two prompt sets are
+(``dalle.data.shapes.canonical_caption``). A scene is (colour, shape, size, position); the two prompt sets are
 
     held-in    colour-shape pair in TRAIN_PAIRS     (33 pairs x 2 sizes x 9 positions = 594 scenes)
     held-out   colour-shape pair in HELD_OUT_PAIRS  ( 7 pairs x 2 sizes x 9 positions = 126 scenes; never in training)
@@ -9,10 +9,10 @@ Prompts. Every prompt is the canonical caption of a one-shape scene, e.g. "a sma
 so no prompt is in both. ``--num-prompts K`` scenes are drawn from each set without replacement, spread evenly over
 its colour-shape pairs (pair order and each pair's size/position order shuffled by ``--prompt-seed``): the same
 flags always give the same prompts. Each prompt gets ``--images-per-prompt`` images (seeded: ``--seed`` for the
-held-in set, ``--seed + 1`` for the held-out set). With ``--reranker`` (a :mod:`dalle.reranker` model, trained on
+held-in set, ``--seed + 1`` for the held-out set). With ``--reranker`` (a :mod:`dalle.judges.reranker` model, trained on
 the training split only), ``--candidates`` images are drawn per prompt and the best-scored ones are kept and scored.
 
-Scoring. The attribute classifier (:mod:`dalle.attributes`, a ViT with a head per attribute) reads each generated
+Scoring. The attribute classifier (:mod:`dalle.judges.attributes`, a ViT with a head per attribute) reads each generated
 image's shape, colour, size and position. Reported per set: the accuracy of each attribute and of all four at once
 (the prompt-adherence figure), plus two ceilings measured on exact renders of the same prompts: the classifier's
 accuracy on the renders themselves (near 100% means the errors counted are the generator's, not the classifier's)
@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .attributes import ATTRIBUTES, AttributeClassifier, scene_labels
-from .shapes import HELD_OUT_PAIRS, POSITIONS, SIZES, TRAIN_PAIRS, Scene, Shape, canonical_caption, render
+from dalle.judges.attributes import ATTRIBUTES, AttributeClassifier, scene_labels
+from dalle.data.shapes import HELD_OUT_PAIRS, POSITIONS, SIZES, TRAIN_PAIRS, Scene, Shape, canonical_caption, render
 
 if TYPE_CHECKING:
-    from .dvae import DiscreteVAE
-    from .generate import Reranker
-    from .model import DALLE
-    from .tokenizer import BPETokenizer
+    from dalle.vae.dvae import DiscreteVAE
+    from dalle.pipeline import Reranker
+    from dalle.transformer.model import DALLE
+    from dalle.transformer.tokenizer import BPETokenizer
 
 __all__ = ["QUALITY_BAR", "SPLITS", "evaluate", "evaluate_main", "evaluate_parser", "prompt_scenes", "split_scenes"]
 
@@ -109,7 +109,7 @@ def evaluate(
     """Generate, classify and score both prompt sets. Returns the report (without file paths) and keeps the images
     under ``report[split]["images"]`` ((P, n, 3, H, W), removed before writing JSON) and the per-image correctness
     under ``report[split]["correct"]`` ((P, n) bool)."""
-    from .generate import generate_images
+    from dalle.pipeline import generate_images
 
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be >= 1, got {images_per_prompt}")
@@ -185,7 +185,7 @@ def save_grid(images: Tensor, correct: Tensor, path: str | Path, max_prompts: in
 def get_classifier(directory: str | Path, image_size: int, *, train_steps: int = 800,
                    device: torch.device | str = "cpu") -> AttributeClassifier:  # fmt: skip
     """The classifier in ``directory``; trained there with the short recipe first if the folder has none."""
-    from .attributes import WEIGHTS_NAME, train_classifier
+    from dalle.judges.attributes import WEIGHTS_NAME, train_classifier
 
     directory = Path(directory)
     if (directory / WEIGHTS_NAME).is_file():
@@ -209,7 +209,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
         description="Prompt adherence of a DALL·E checkpoint on the shapes data: generate images for held-in and held-out "
         "colour-shape combinations, read their shape/colour/size/position back with an attribute classifier, and print "
         "per-attribute and all-attributes accuracy. Prompts: the canonical captions of one-shape scenes, --num-prompts "
-        "per set spread evenly over its colour-shape pairs (see the module docstring of dalle.evaluate).",
+        "per set spread evenly over its colour-shape pairs (see the module docstring of dalle.judges.evaluate).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True,
@@ -255,8 +255,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from .generate import check_sampling_args
-    from .module import load_pipeline
+    from dalle.transformer.sampling import check_sampling_args
+    from dalle.pipeline import load_pipeline
 
     parser = evaluate_parser()
     args = parser.parse_args(argv)
@@ -273,7 +273,7 @@ def evaluate_main(argv: list[str]) -> int:
     classifier = get_classifier(classifier_dir, vae.image_size, train_steps=args.classifier_steps, device=device)
     rerank, candidates = None, None
     if args.reranker is not None:
-        from .reranker import load_reranker
+        from dalle.judges.reranker import load_reranker
 
         rerank = load_reranker(args.reranker).to(device).score
         candidates = args.candidates or 4 * args.images_per_prompt

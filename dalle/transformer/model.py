@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from core_attention import Decoder, LearnedPositionalEmbedding, Linear, dalle_mask, init_weights
 
-from .generate import check_sampling_args, sample_logits
+from dalle.transformer.sampling import check_sampling_args, sample_logits
 
 __all__ = ["ATTN_TYPES", "DALLE", "DALLEConfig", "DALLEOutput", "paper_attn_types"]
 

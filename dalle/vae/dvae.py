@@ -521,7 +521,7 @@ class DiscreteVAE(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> "DiscreteVAE":
         """Loads a ``save_pretrained`` directory, or one ``.safetensors`` file whose metadata holds the config (as
-        ``python -m dalle.convert_openai`` writes). ``overrides`` replace config fields (e.g. ``image_size``).
+        ``python -m dalle.vae.convert_openai`` writes). ``overrides`` replace config fields (e.g. ``image_size``).
         Safetensors only: nothing is unpickled."""
         from core_attention.io import load_safetensors
 
