@@ -148,7 +148,7 @@ def test_cached_decoding_equals_full_pass(ours):
 def test_sampled_tokens_match_reference_over_256_steps(ours, ref_models, ref):
     """min-dalle's own generation loop (MinDalle.generate_raw_image_stream) with the detokenizer swapped for a probe,
     against `DalleBart.generate`, same seed: both draw with torch.multinomial on (images, 2**14) weights, so the
-    random streams line up and the tokens must be identical at every one of the 256 steps."""
+    random streams line up and the tokens must be identical at every one of the 256 steps, for each of 4 images."""
     MinDalle, _, _ = ref
     enc, dec = ref_models
     md = MinDalle.__new__(MinDalle)  # skips __init__, which downloads
@@ -159,14 +159,14 @@ def test_sampled_tokens_match_reference_over_256_steps(ours, ref_models, ref):
     md.image_grid_from_tokens = lambda image_tokens, is_seamless, is_verbose=False: image_tokens.clone()
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
     try:
-        ref_tokens = next(md.generate_raw_image_stream("x", seed=7, grid_size=1, temperature=1.5, top_k=64,
+        ref_tokens = next(md.generate_raw_image_stream("x", seed=7, grid_size=2, temperature=1.5, top_k=64,
                                                       supercondition_factor=4))
     finally:
         torch.set_grad_enabled(grad)
         torch.set_num_threads(threads)
-    tokens = ours.generate(text[1:], text[:1], num_images=1, temperature=1.5, top_k=64, guidance_scale=4,
+    tokens = ours.generate(text[1:], text[:1], num_images=4, temperature=1.5, top_k=64, guidance_scale=4,
                            generator=torch.Generator().manual_seed(7))
-    assert tokens.shape == (1, 256)
+    assert tokens.shape == (4, 256)  # 4 images of one prompt: one shared copy of its cross-attention keys / values
     assert torch.equal(tokens, ref_tokens)
 
 
