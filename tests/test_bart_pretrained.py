@@ -283,6 +283,11 @@ def test_wrong_size_checkpoint_is_a_clear_error(folder, tmp_path):
     torch.save(dec, tmp_path / "decoder.pt")
     with pytest.raises(WeightsError, match=r"wrong shapes.*decoder.blocks.1.mlp.fc2.weight"):
         load_dalle_bart(tmp_path, num_heads=HEADS)
+    dec = torch.load(folder / "decoder.pt")
+    del dec["layers.0.encoder_attn.v_proj.weight"]
+    torch.save(dec, tmp_path / "decoder.pt")
+    with pytest.raises(WeightsError, match=r"decoder layer 0 encoder_attn lacks \['v_proj'\]"):
+        load_dalle_bart(tmp_path, num_heads=HEADS)
 
 
 def test_missing_files_are_a_clear_error(tmp_path):

@@ -48,11 +48,15 @@ _LAYER = re.compile(r"layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
 def min_dalle_to_ours(encoder: dict[str, Tensor], decoder: dict[str, Tensor]) -> dict[str, Tensor]:
-    """min-dalle's encoder.pt / decoder.pt state dicts -> a `DalleBart` state dict (norm scales not yet filled)."""
+    """min-dalle's encoder.pt / decoder.pt state dicts -> a `DalleBart` state dict (norm scales not yet filled).
+
+    Empties its inputs as it goes, so that each fused q/k/v weight replaces its three parts instead of doubling them.
+    """
     out: dict[str, Tensor] = {}
     for stack, state in (("encoder", encoder), ("decoder", decoder)):
         qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
-        for key, value in state.items():
+        for key in list(state):
+            value = state.pop(key)
             if stack == "decoder" and key == "lm_head.weight":
                 out["lm_head.weight"] = value
                 continue
@@ -66,18 +70,20 @@ def min_dalle_to_ours(encoder: dict[str, Tensor], decoder: dict[str, Tensor]) ->
             layer, module, leaf = int(m[1]), m[2], m[3]
             attn, _, proj = module.rpartition(".")
             if proj in ("q_proj", "k_proj", "v_proj") and attn in ("self_attn", "encoder_attn"):
-                qkv.setdefault((layer, attn), {})[proj] = value
+                parts = qkv.setdefault((layer, attn), {})
+                parts[proj] = value
+                if len(parts) == 3:
+                    ours = "attn" if attn == "self_attn" else "cross_attn"
+                    fused = torch.cat([parts.pop("q_proj"), parts.pop("k_proj"), parts.pop("v_proj")])
+                    out[f"{stack}.blocks.{layer}.{ours}.qkv.weight"] = fused
             elif module in _LAYER_NAMES:
                 out[f"{stack}.blocks.{layer}.{_LAYER_NAMES[module]}.{leaf}"] = value
             else:
                 raise WeightsError(f"unexpected key {key!r} in the {stack} weights")
         for (layer, attn), parts in qkv.items():
-            missing = {"q_proj", "k_proj", "v_proj"} - set(parts)
-            if missing:
-                raise WeightsError(f"{stack} layer {layer} {attn} lacks {sorted(missing)}")
-            ours = "attn" if attn == "self_attn" else "cross_attn"
-            fused = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
-            out[f"{stack}.blocks.{layer}.{ours}.qkv.weight"] = fused
+            if parts:  # fused ones were emptied
+                missing = sorted({"q_proj", "k_proj", "v_proj"} - set(parts))
+                raise WeightsError(f"{stack} layer {layer} {attn} lacks {missing}")
     return out
 
 
