@@ -85,8 +85,11 @@ def _num_params(path: Path) -> int | None:
             return DalleBartConfig.from_dict(d).num_params()
         if "d_model" in d:
             return config_from_flax(d).num_params()
-    pt = [f for f in path.glob("*coder*.pt")]
-    return sum(f.stat().st_size for f in pt) // 2 if pt else None  # min-dalle's files are fp16
+    for suffix in ("", "_mini"):  # min-dalle's files (fp16), in the order load_dalle_bart looks for them
+        files = [path / f"encoder{suffix}.pt", path / f"decoder{suffix}.pt"]
+        if all(f.is_file() for f in files):
+            return sum(f.stat().st_size for f in files) // 2
+    return None
 
 
 def memory_needed(num_params: int, dtype: torch.dtype, rows: int = 2) -> int:
@@ -117,11 +120,9 @@ def load_pretrained(
     if num_params is not None:
         check_memory(num_params, dtype, device, str(name_or_path))
     model = load_dalle_bart(model_dir, dtype).to(device)
-    tokenizer = BartTokenizer.from_folder(model_dir)
-    if tokenizer.vocab_size > model.config.text_vocab_size:
-        raise ValueError(f"the tokenizer in {model_dir} has {tokenizer.vocab_size} tokens, more than the model's "
-                         f"{model.config.text_vocab_size}: they come from different checkpoints")
-    return Pretrained(model, tokenizer, load_vqgan(vqgan_dir).to(device))
+    # BART's vocab.json lists one token more than Mini's embedding (<mask>, which text never encodes to): the ids
+    # are checked when they are encoded, not the vocabulary size.
+    return Pretrained(model, BartTokenizer.from_folder(model_dir), load_vqgan(vqgan_dir).to(device))
 
 
 def convert_pretrained(

@@ -115,3 +115,11 @@ def test_priming_needs_the_vqgan_encoder(folder, tmp_path):
     pipe.vqgan = decoder_only  # what min-dalle's detoker.pt gives
     with pytest.raises(ValueError, match="no encoder .*dalle-mini/vqgan_imagenet_f16_16384"):
         generate_pretrained(pipe, "a fox", prime_image=torch.rand(3, 32, 32), prime_rows=4)
+
+
+def test_ids_outside_the_text_vocabulary_are_named(folder):
+    pipe = load_pretrained(folder)
+    text = torch.ones(1, 64, dtype=torch.long)
+    text[0, 1] = pipe.model.config.text_vocab_size
+    with pytest.raises(ValueError, match="text ids must be in .*another checkpoint"):
+        pipe.model.encode(text)

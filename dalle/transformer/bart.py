@@ -168,6 +168,9 @@ class DalleBart(nn.Module):
         c = self.config
         if text.dim() != 2 or text.shape[1] != c.text_seq_len:
             raise ValueError(f"text must be (B, {c.text_seq_len}) token ids, got {tuple(text.shape)}")
+        if text.min() < 0 or text.max() >= c.text_vocab_size:
+            raise ValueError(f"text ids must be in [0, {c.text_vocab_size}), got [{text.min()}, {text.max()}]: was the "
+                             "tokenizer made for another checkpoint?")
         return self.encoder(text, self.text_mask(text))
 
     def forward(self, text: Tensor, image_in: Tensor) -> Tensor:
