@@ -34,9 +34,10 @@ __all__ = ["PRETRAINED", "Pretrained", "convert_main", "convert_pretrained", "ge
            "generate_pretrained_main", "load_pretrained", "memory_needed"]
 
 # name -> (Hugging Face repo, the files it needs); the VQGAN is shared by both.
+_BART_FILES = ("config.json", "flax_model.msgpack", "vocab.json", "merges.txt", "tokenizer.json")
 PRETRAINED = {
-    "mini": ("dalle-mini/dalle-mini", ("config.json", "flax_model.msgpack", "vocab.json", "merges.txt")),
-    "mega": ("dalle-mini/dalle-mega", ("config.json", "flax_model.msgpack", "vocab.json", "merges.txt")),
+    "mini": ("dalle-mini/dalle-mini", _BART_FILES),
+    "mega": ("dalle-mini/dalle-mega", _BART_FILES),
 }
 VQGAN_REPO = ("dalle-mini/vqgan_imagenet_f16_16384", ("config.json", "flax_model.msgpack"))
 VQGAN_PARAMS = 76_000_000  # encoder + decoder + codebook of the f16 16384 VQGAN (76.1 M), kept in fp32

@@ -56,6 +56,16 @@ def test_encode_pads_and_cuts_like_the_reference(files):
     assert tok.encode_batch(["the fox", ""]).shape == (2, 64)
 
 
+def test_tokenizer_json_gives_the_same_ids(files, tmp_path):
+    """HF's tokenizer.json (dalle-mini's repos ship one) holds the same vocabulary and merges."""
+    path, vocab = files
+    merges = [line for line in (path / "merges.txt").read_text().split("\n")[1:] if line]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": merges}}))
+    ours, from_json = BartTokenizer.from_folder(path), BartTokenizer.from_folder(tmp_path)
+    for prompt in PROMPTS:
+        assert from_json.tokenize(prompt) == ours.tokenize(prompt)
+
+
 def test_missing_files_name_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="vocab.json \\+ merges.txt"):
         BartTokenizer.from_folder(tmp_path)
