@@ -167,6 +167,12 @@ def generate_pretrained(
     text = pipe.tokenizer.encode_batch(prompts, c.text_seq_len).repeat_interleave(num_images, dim=0)  # (P * n, T)
     uncond = pipe.tokenizer.encode_batch([""], c.text_seq_len)
     total = text.shape[0]
+    rows = min(batch_size, total) * (2 if guidance_scale != 1.0 else 1)
+    need, free = model.generation_bytes(rows), available_memory(model.device)
+    if free is not None and need > 0.9 * free:
+        fits = max(1, int(batch_size * 0.9 * free / need))
+        raise MemoryError(f"decoding {rows} rows at once needs about {need / 2**30:.1f} GiB beside the weights but "
+                          f"{free / 2**30:.1f} GiB is free on {model.device}: use a smaller --batch-size (e.g. {fits})")
     prime = prime_ids(pipe.vqgan, prime_image, prime_rows, total) if prime_image is not None else None
     if prime is None and prime_rows:
         raise ValueError("prime_rows given without a prime image")

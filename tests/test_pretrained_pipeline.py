@@ -123,3 +123,11 @@ def test_ids_outside_the_text_vocabulary_are_named(folder):
     text[0, 1] = pipe.model.config.text_vocab_size
     with pytest.raises(ValueError, match="text ids must be in .*another checkpoint"):
         pipe.model.encode(text)
+
+
+def test_too_many_images_at_once_names_the_batch_size(folder, monkeypatch):
+    pipe = load_pretrained(folder)
+    need = pipe.model.generation_bytes(2 * 8)
+    monkeypatch.setattr("dalle.pretrained.available_memory", lambda device: need)  # 8 images + guidance: 16 rows
+    with pytest.raises(MemoryError, match=r"decoding 16 rows .* smaller --batch-size \(e\.g\. 7\)"):
+        generate_pretrained(pipe, "a fox", num_images=8, batch_size=8)

@@ -187,6 +187,13 @@ class DalleBart(nn.Module):
         return DecoderCache([make(rows, c.image_seq_len, False) for _ in range(c.decoder_depth)],
                             [make(context_rows or rows, c.text_seq_len, True) for _ in range(c.decoder_depth)])
 
+    def generation_bytes(self, rows: int) -> int:
+        """Rough memory of decoding `rows` sequences at once (the self-attention cache dominates) beside the weights."""
+        c = self.config
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        cache = 2 * c.decoder_depth * rows * (c.image_seq_len + c.text_seq_len) * c.dim * itemsize
+        return cache + rows * (c.image_vocab_size + 4 * c.glu_dim + 8 * c.dim) * 4  # + logits and one layer's work
+
     @torch.inference_mode()
     def generate(
         self,
