@@ -105,6 +105,7 @@ def config_from_state(state: dict[str, Tensor], **overrides) -> DalleBartConfig:
             text_vocab_size=text_vocab, dim=dim, num_heads=dim // HEAD_DIM,
             text_seq_len=state["encoder.embed_positions.weight"].shape[0],
             image_vocab_size=state["decoder.embed_tokens.weight"].shape[0] - 1,
+            codebook_size=min(2**14, state["decoder.embed_tokens.weight"].shape[0] - 1),  # the VQGAN's 16384 codes
             image_seq_len=state["decoder.embed_positions.weight"].shape[0],
             glu_dim=state["encoder.blocks.0.mlp.fc0.weight"].shape[0],
             encoder_depth=depth("encoder"), decoder_depth=depth("decoder"),
