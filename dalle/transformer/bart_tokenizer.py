@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,7 +71,11 @@ class BartTokenizer:
         return [self.bos, *self.tokenizer.encode(words).ids, self.eos]
 
     def encode(self, text: str, length: int = 64) -> torch.Tensor:
-        ids = self.tokenize(text)[:length]  # min-dalle cuts after framing: a long prompt loses its </s>
+        ids = self.tokenize(text)
+        if len(ids) > length:
+            warnings.warn(f"prompt cut from {len(ids)} to {length} tokens (as min-dalle does, its </s> too): {text!r}",
+                          stacklevel=2)
+            ids = ids[:length]
         return torch.tensor(ids + [self.pad] * (length - len(ids)), dtype=torch.long)
 
     def encode_batch(self, texts: Sequence[str], length: int = 64) -> torch.Tensor:
