@@ -120,10 +120,10 @@ def load_pretrained(
     num_params = _num_params(model_dir)
     if num_params is not None:
         check_memory(num_params, dtype, device, str(name_or_path))
-    model = load_dalle_bart(model_dir, dtype).to(device)
+    model = load_dalle_bart(model_dir, dtype, device)  # straight to the device, array by array
     # BART's vocab.json lists one token more than Mini's embedding (<mask>, which text never encodes to): the ids
     # are checked when they are encoded, not the vocabulary size.
-    return Pretrained(model, BartTokenizer.from_folder(model_dir), load_vqgan(vqgan_dir).to(device))
+    return Pretrained(model, BartTokenizer.from_folder(model_dir), load_vqgan(vqgan_dir, device))
 
 
 def convert_pretrained(

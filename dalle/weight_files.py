@@ -29,7 +29,7 @@ class WeightsError(ValueError):
     """A weight file that is damaged, truncated, or does not fit the model it is loaded into."""
 
 
-def _array(data: bytes, dtype: torch.dtype | None) -> Tensor:
+def _array(data: bytes, dtype: torch.dtype | None, device: torch.device) -> Tensor:
     shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
     name = dtype_name.decode()
     if name == "bfloat16":  # numpy has no bfloat16: read the 16-bit words and reinterpret them
@@ -37,7 +37,7 @@ def _array(data: bytes, dtype: torch.dtype | None) -> Tensor:
     else:
         tensor = torch.from_numpy(np.frombuffer(buffer, dtype=np.dtype(name)).copy())
     tensor = tensor.reshape(tuple(shape))
-    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+    return tensor.to(device, dtype if dtype is not None and tensor.is_floating_point() else None)
 
 
 def _unchunk(node: Any) -> Any:
@@ -50,12 +50,16 @@ def _unchunk(node: Any) -> Any:
     return {k: _unchunk(v) for k, v in node.items()}
 
 
-def read_flax_msgpack(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """The parameter tree of a flax msgpack file as nested dicts of tensors, floats cast to `dtype` one by one."""
+def read_flax_msgpack(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """The parameter tree of a flax msgpack file as nested dicts of tensors on `device`, floats cast to `dtype`, one
+    by one (a GPU load holds one array in host memory at a time)."""
+    device = torch.device(device)
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code in (_ARRAY_EXT, _SCALAR_EXT):
-            return _array(data, dtype)
+            return _array(data, dtype, device)
         raise WeightsError(f"{path}: msgpack extension type {code} is not a flax array")
 
     with open(path, "rb") as f:
@@ -86,9 +90,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
             yield path, value
 
 
-def read_torch_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """A torch state dict (e.g. min-dalle's .pt files), memory-mapped rather than read whole, floats cast to `dtype`
-    one tensor at a time."""
+def read_torch_state_dict(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
+    """A torch state dict (e.g. min-dalle's .pt files), memory-mapped rather than read whole, moved to `device` and
+    floats cast to `dtype` one tensor at a time."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
@@ -98,4 +104,4 @@ def read_torch_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = N
                            "download it again)") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict of tensors")
-    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()}
+    return {k: v.to(device, dtype if dtype is not None and v.is_floating_point() else None) for k, v in state.items()}

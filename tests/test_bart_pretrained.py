@@ -256,6 +256,9 @@ def test_flax_msgpack_loads_the_same_weights(ours, folder, tmp_path):
     write_flax_config(tmp_path)
     flax = load_dalle_bart(tmp_path)
     assert flax.config == ours.config
+    # straight to the target device, array by array (meta stands in for a GPU here), from either format
+    assert all(p.is_meta for p in load_dalle_bart(tmp_path, device="meta").parameters())
+    assert all(p.is_meta for p in load_dalle_bart(folder, device="meta", num_heads=HEADS).parameters())
     for (k, v), (k2, v2) in zip(ours.state_dict().items(), flax.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
 

@@ -225,20 +225,23 @@ def build(state: dict[str, Tensor], config: DalleBartConfig, source: str) -> Dal
     return model.eval()
 
 
-def load_dalle_bart(path: str | os.PathLike, dtype: torch.dtype | None = None, **overrides) -> DalleBart:
+def load_dalle_bart(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu", **overrides
+) -> DalleBart:
     """A `DalleBart` from a folder holding our `config.json` + `model.safetensors`, min-dalle's `encoder.pt` +
     `decoder.pt` (or `encoder_mini.pt` + `decoder_mini.pt`), or dalle-mini's `config.json` + `flax_model.msgpack`."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return DalleBart.from_pretrained(path, dtype=dtype)
+        return DalleBart.from_pretrained(path, dtype=dtype, device=device)
     if (path / "flax_model.msgpack").is_file():
         config = config_from_flax(json.loads((path / "config.json").read_text()), **overrides)
-        encoder, decoder = flax_to_min_dalle(read_flax_msgpack(path / "flax_model.msgpack", dtype))
+        encoder, decoder = flax_to_min_dalle(read_flax_msgpack(path / "flax_model.msgpack", dtype, device))
         return build(min_dalle_to_ours(encoder, decoder), config, str(path / "flax_model.msgpack"))
     for suffix in ("", "_mini"):
         enc, dec = path / f"encoder{suffix}.pt", path / f"decoder{suffix}.pt"
         if enc.is_file() and dec.is_file():
-            state = min_dalle_to_ours(read_torch_state_dict(enc, dtype), read_torch_state_dict(dec, dtype))
+            read = lambda f: read_torch_state_dict(f, dtype, device)  # noqa: E731
+            state = min_dalle_to_ours(read(enc), read(dec))
             return build(state, config_from_state(state, **overrides), f"{enc} + {dec}")
     raise FileNotFoundError(
         f"no DALL·E Mini / Mega weights in {path}: expected model.safetensors + config.json (ours), "
