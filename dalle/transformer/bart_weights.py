@@ -116,9 +116,10 @@ def config_from_state(state: dict[str, Tensor], **overrides) -> DalleBartConfig:
 
 
 # The options of dalle-mini's DalleBartConfig that both published checkpoints use; anything else is another model.
-_PUBLISHED = dict(ln_positions="normformer", use_glu=True, use_bias=False, scale_embedding=False, use_head_scale=False,
-                  use_cosine_attention=False, use_swin_position_embeddings=False,
-                  use_absolute_position_embeddings=True, use_final_ln_encoder=True, use_final_ln_decoder=True)
+_PUBLISHED = dict(ln_type="layernorm", ln_positions="normformer", use_glu=True, use_bias=False, scale_embedding=False,
+                  use_head_scale=False, use_cosine_attention=False, use_swin_position_embeddings=False,
+                  use_absolute_position_embeddings=True, use_final_ln_encoder=True, use_final_ln_decoder=True,
+                  use_alibi=False, sinkhorn_iters=1, activation_function="gelu", tie_word_embeddings=False)
 
 
 def config_from_flax(config: dict, **overrides) -> DalleBartConfig:
