@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dalle.transformer.bart import DalleBart, DalleBartConfig  # noqa: E402
+from dalle.transformer.bart import DalleBart  # noqa: E402
 from dalle.transformer.bart_weights import build, config_from_state, min_dalle_to_ours  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
