@@ -144,6 +144,7 @@ def test_cached_decoding_equals_full_pass(ours):
     torch.testing.assert_close(torch.cat([first, *steps], dim=1), full, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:.*autocast:FutureWarning", "ignore:CUDA is not available:UserWarning")
 def test_sampled_tokens_match_reference_over_256_steps(ours, ref_models, ref):
     """min-dalle's own generation loop (MinDalle.generate_raw_image_stream) with the detokenizer swapped for a probe,
     against `DalleBart.generate`, same seed: both draw with torch.multinomial on (images, 2**14) weights, so the

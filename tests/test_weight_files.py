@@ -49,6 +49,10 @@ def test_damaged_files_are_clear_errors(tmp_path):
     (tmp_path / "ext.msgpack").write_bytes(msgpack.packb({"a": msgpack.ExtType(9, b"x")}))
     with pytest.raises(WeightsError, match="extension type 9"):
         read_flax_msgpack(tmp_path / "ext.msgpack")
+    pair = msgpack.ExtType(1, msgpack.packb(([2], "float32")))
+    (tmp_path / "pair.msgpack").write_bytes(msgpack.packb({"a": pair}))
+    with pytest.raises(WeightsError, match="malformed"):
+        read_flax_msgpack(tmp_path / "pair.msgpack")
     torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
     assert read_torch_state_dict(tmp_path / "ok.pt", torch.bfloat16)["w"].dtype == torch.bfloat16
     torch.save({"w": [1, 2]}, tmp_path / "list.pt")
