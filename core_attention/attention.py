@@ -115,8 +115,14 @@ class MultiHeadAttention(nn.Module):
     def _check_inputs(self, x: Tensor, context: Tensor | None, mask: Tensor | None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"expected x of shape (B, L, {self.dim}), got {tuple(x.shape)}")
-        if context is not None and (context.dim() != 3 or context.shape[-1] != self.dim or context.shape[0] != x.shape[0]):
-            raise ValueError(f"expected context of shape ({x.shape[0]}, Lk, {self.dim}), got {tuple(context.shape)}")
+        bad_context = context is not None and (
+            context.dim() != 3 or context.shape[-1] != self.dim or x.shape[0] % context.shape[0]
+        )
+        if bad_context:
+            raise ValueError(
+                f"expected context of shape ({x.shape[0]} or a divisor of it, Lk, {self.dim}), "
+                f"got {tuple(context.shape)}"
+            )
         if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
             raise TypeError(f"mask must be bool (True = may attend) or float (additive bias), got dtype {mask.dtype}")
 
@@ -132,6 +138,9 @@ class MultiHeadAttention(nn.Module):
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, Lq, dim); context: (B, Lk, dim) or None. Returns (B, Lq, dim) [and weights (B, H, Lq, Lk)].
+
+        A context of B / g rows (and its cache, and mask) serves g consecutive rows of x each: several samples of
+        one prompt keep one copy of its keys / values, their queries folded into one longer query.
 
         `rope` is a (cos, sin) pair broadcastable to (B, H, Lq, D) for the positions of `x` (self-attention only).
         With a `cache`, the new keys/values are appended and the queries attend to everything cached so far;
@@ -158,7 +167,11 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 k, v = cache.update(k, v)
         k, v = k.to(q.dtype), v.to(q.dtype)  # no-op unless a cache was allocated in another dtype
-        lk = k.shape[2]
+        lk, groups = k.shape[2], b // k.shape[0]
+        if groups * k.shape[0] != b:
+            raise ValueError(f"a cross-attention cache of {k.shape[0]} rows cannot serve {b} queries (not a multiple)")
+        if groups > 1:  # (B, H, Lq, D) -> (B / g, H, g * Lq, D): the rows that share a context, as one query
+            q = q.unflatten(0, (-1, groups)).transpose(1, 2).flatten(2, 3)
 
         if is_causal and not cross:
             if mask is not None:
@@ -168,7 +181,7 @@ class MultiHeadAttention(nn.Module):
             elif lq != lk:
                 mask, is_causal = causal_mask(lq, lk, device=x.device), False
         if mask is not None:
-            mask = self._broadcastable(mask, b, lq, lk)
+            mask = self._broadcastable(mask, b // groups, lq * groups, lk)
             if mask.is_floating_point():
                 mask = mask.to(q.dtype)  # SDPA needs the bias in the query dtype (bf16 under autocast)
 
@@ -177,6 +190,9 @@ class MultiHeadAttention(nn.Module):
             mask=mask, is_causal=is_causal, dropout_p=self.attn_drop if self.training else 0.0,
             fused=self.fused_attn, return_weights=return_weights,
         )  # fmt: skip
+        if groups > 1:  # back to one row per sample
+            out = out.unflatten(2, (groups, lq)).transpose(1, 2).flatten(0, 1)  # (B, H, Lq, D)
+            weights = weights.unflatten(2, (groups, lq)).transpose(1, 2).flatten(0, 1) if return_weights else None
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, lq, self.dim)))
         return (out, weights) if return_weights else out
 

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert-pretrained": ("dalle.pretrained", "convert_main", "DALL·E Mini / Mega weights (by name or folder) -> our safetensors folder for generate --pretrained"),
     "evaluate": ("dalle.judges.evaluate", "evaluate_main", "prompt adherence on held-in / held-out shapes prompts, scored by an attribute classifier"),
     "fit-classifier": ("dalle.judges.attributes", "fit_classifier_main", "train the attribute classifier that `evaluate` scores with (LightningCLI)"),
-    "clip-score": ("dalle.judges.clip_score", "clip_score_main", "CLIP score of images against their prompts"),
+    "clip-score": ("dalle.judges.clip_score_cli", "clip_score_main", "CLIP score of images against their prompts"),
     "fit-reranker": ("dalle.judges.reranker", "fit_reranker_main", "train the contrastive text-image reranker for `generate --rerank` (LightningCLI)"),
 }
 

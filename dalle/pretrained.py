@@ -34,9 +34,10 @@ __all__ = ["PRETRAINED", "Pretrained", "convert_main", "convert_pretrained", "ge
            "generate_pretrained_main", "load_pretrained", "memory_needed"]
 
 # name -> (Hugging Face repo, the files it needs); the VQGAN is shared by both.
+_BART_FILES = ("config.json", "flax_model.msgpack", "vocab.json", "merges.txt", "tokenizer.json")
 PRETRAINED = {
-    "mini": ("dalle-mini/dalle-mini", ("config.json", "flax_model.msgpack", "vocab.json", "merges.txt")),
-    "mega": ("dalle-mini/dalle-mega", ("config.json", "flax_model.msgpack", "vocab.json", "merges.txt")),
+    "mini": ("dalle-mini/dalle-mini", _BART_FILES),
+    "mega": ("dalle-mini/dalle-mega", _BART_FILES),
 }
 VQGAN_REPO = ("dalle-mini/vqgan_imagenet_f16_16384", ("config.json", "flax_model.msgpack"))
 VQGAN_PARAMS = 76_000_000  # encoder + decoder + codebook of the f16 16384 VQGAN (76.1 M), kept in fp32
@@ -85,8 +86,11 @@ def _num_params(path: Path) -> int | None:
             return DalleBartConfig.from_dict(d).num_params()
         if "d_model" in d:
             return config_from_flax(d).num_params()
-    pt = [f for f in path.glob("*coder*.pt")]
-    return sum(f.stat().st_size for f in pt) // 2 if pt else None  # min-dalle's files are fp16
+    for suffix in ("", "_mini"):  # min-dalle's files (fp16), in the order load_dalle_bart looks for them
+        files = [path / f"encoder{suffix}.pt", path / f"decoder{suffix}.pt"]
+        if all(f.is_file() for f in files):
+            return sum(f.stat().st_size for f in files) // 2
+    return None
 
 
 def memory_needed(num_params: int, dtype: torch.dtype, rows: int = 2) -> int:
@@ -116,12 +120,10 @@ def load_pretrained(
     num_params = _num_params(model_dir)
     if num_params is not None:
         check_memory(num_params, dtype, device, str(name_or_path))
-    model = load_dalle_bart(model_dir, dtype).to(device)
-    tokenizer = BartTokenizer.from_folder(model_dir)
-    if tokenizer.vocab_size > model.config.text_vocab_size:
-        raise ValueError(f"the tokenizer in {model_dir} has {tokenizer.vocab_size} tokens, more than the model's "
-                         f"{model.config.text_vocab_size}: they come from different checkpoints")
-    return Pretrained(model, tokenizer, load_vqgan(vqgan_dir).to(device))
+    model = load_dalle_bart(model_dir, dtype, device)  # straight to the device, array by array
+    # BART's vocab.json lists one token more than Mini's embedding (<mask>, which text never encodes to): the ids
+    # are checked when they are encoded, not the vocabulary size.
+    return Pretrained(model, BartTokenizer.from_folder(model_dir), load_vqgan(vqgan_dir, device))
 
 
 def convert_pretrained(
@@ -165,6 +167,12 @@ def generate_pretrained(
     text = pipe.tokenizer.encode_batch(prompts, c.text_seq_len).repeat_interleave(num_images, dim=0)  # (P * n, T)
     uncond = pipe.tokenizer.encode_batch([""], c.text_seq_len)
     total = text.shape[0]
+    rows = min(batch_size, total) * (2 if guidance_scale != 1.0 else 1)
+    need, free = model.generation_bytes(rows), available_memory(model.device)
+    if free is not None and need > 0.9 * free:
+        fits = max(1, int(batch_size * 0.9 * free / need))
+        raise MemoryError(f"decoding {rows} rows at once needs about {need / 2**30:.1f} GiB beside the weights but "
+                          f"{free / 2**30:.1f} GiB is free on {model.device}: use a smaller --batch-size (e.g. {fits})")
     prime = prime_ids(pipe.vqgan, prime_image, prime_rows, total) if prime_image is not None else None
     if prime is None and prime_rows:
         raise ValueError("prime_rows given without a prime image")

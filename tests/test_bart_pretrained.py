@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import msgpack
-import numpy as np
 import pytest
 import torch
 
@@ -145,10 +144,11 @@ def test_cached_decoding_equals_full_pass(ours):
     torch.testing.assert_close(torch.cat([first, *steps], dim=1), full, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:.*autocast:FutureWarning", "ignore:CUDA is not available:UserWarning")
 def test_sampled_tokens_match_reference_over_256_steps(ours, ref_models, ref):
     """min-dalle's own generation loop (MinDalle.generate_raw_image_stream) with the detokenizer swapped for a probe,
     against `DalleBart.generate`, same seed: both draw with torch.multinomial on (images, 2**14) weights, so the
-    random streams line up and the tokens must be identical at every one of the 256 steps."""
+    random streams line up and the tokens must be identical at every one of the 256 steps, for each of 4 images."""
     MinDalle, _, _ = ref
     enc, dec = ref_models
     md = MinDalle.__new__(MinDalle)  # skips __init__, which downloads
@@ -159,14 +159,14 @@ def test_sampled_tokens_match_reference_over_256_steps(ours, ref_models, ref):
     md.image_grid_from_tokens = lambda image_tokens, is_seamless, is_verbose=False: image_tokens.clone()
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
     try:
-        ref_tokens = next(md.generate_raw_image_stream("x", seed=7, grid_size=1, temperature=1.5, top_k=64,
+        ref_tokens = next(md.generate_raw_image_stream("x", seed=7, grid_size=2, temperature=1.5, top_k=64,
                                                       supercondition_factor=4))
     finally:
         torch.set_grad_enabled(grad)
         torch.set_num_threads(threads)
-    tokens = ours.generate(text[1:], text[:1], num_images=1, temperature=1.5, top_k=64, guidance_scale=4,
+    tokens = ours.generate(text[1:], text[:1], num_images=4, temperature=1.5, top_k=64, guidance_scale=4,
                            generator=torch.Generator().manual_seed(7))
-    assert tokens.shape == (1, 256)
+    assert tokens.shape == (4, 256)  # 4 images of one prompt: one shared copy of its cross-attention keys / values
     assert torch.equal(tokens, ref_tokens)
 
 
@@ -256,6 +256,9 @@ def test_flax_msgpack_loads_the_same_weights(ours, folder, tmp_path):
     write_flax_config(tmp_path)
     flax = load_dalle_bart(tmp_path)
     assert flax.config == ours.config
+    # straight to the target device, array by array (meta stands in for a GPU here), from either format
+    assert all(p.is_meta for p in load_dalle_bart(tmp_path, device="meta").parameters())
+    assert all(p.is_meta for p in load_dalle_bart(folder, device="meta", num_heads=HEADS).parameters())
     for (k, v), (k2, v2) in zip(ours.state_dict().items(), flax.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
 
@@ -282,6 +285,11 @@ def test_wrong_size_checkpoint_is_a_clear_error(folder, tmp_path):
     dec["layers.1.glu.fc2.weight"] = dec["layers.1.glu.fc2.weight"][:, :-1]
     torch.save(dec, tmp_path / "decoder.pt")
     with pytest.raises(WeightsError, match=r"wrong shapes.*decoder.blocks.1.mlp.fc2.weight"):
+        load_dalle_bart(tmp_path, num_heads=HEADS)
+    dec = torch.load(folder / "decoder.pt")
+    del dec["layers.0.encoder_attn.v_proj.weight"]
+    torch.save(dec, tmp_path / "decoder.pt")
+    with pytest.raises(WeightsError, match=r"decoder layer 0 encoder_attn lacks \['v_proj'\]"):
         load_dalle_bart(tmp_path, num_heads=HEADS)
 
 

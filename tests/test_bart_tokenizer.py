@@ -51,9 +51,20 @@ def test_encode_pads_and_cuts_like_the_reference(files):
     tok = BartTokenizer.from_folder(path)
     empty = tok.encode("")
     assert empty[:2].tolist() == [0, 2] and (empty[2:] == 1).all() and empty.shape == (64,)
-    long = tok.encode("x " * 80)
+    with pytest.warns(UserWarning, match="prompt cut from 162 to 64 tokens"):
+        long = tok.encode("x " * 80)
     assert long.shape == (64,) and long[0] == 0 and 2 not in long.tolist()  # no </s>: cut like min-dalle
     assert tok.encode_batch(["the fox", ""]).shape == (2, 64)
+
+
+def test_tokenizer_json_gives_the_same_ids(files, tmp_path):
+    """HF's tokenizer.json (dalle-mini's repos ship one) holds the same vocabulary and merges."""
+    path, vocab = files
+    merges = [line for line in (path / "merges.txt").read_text().split("\n")[1:] if line]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": merges}}))
+    ours, from_json = BartTokenizer.from_folder(path), BartTokenizer.from_folder(tmp_path)
+    for prompt in PROMPTS:
+        assert from_json.tokenize(prompt) == ours.tokenize(prompt)
 
 
 def test_missing_files_name_them(tmp_path):

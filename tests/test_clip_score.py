@@ -13,7 +13,8 @@ from dalle.__main__ import main as dalle_main
 from dalle.vae.dvae import DiscreteVAE
 from dalle.pipeline import generate_images, load_reranker
 from dalle.generate import generate_main
-from dalle.judges.clip_score import CLIPReranker, clip_score, clip_score_report, clip_similarity
+from dalle.judges.clip_score import CLIPReranker, clip_score, clip_similarity
+from dalle.judges.clip_score_cli import clip_score_report
 from dalle.transformer.model import DALLE
 from dalle.transformer.tokenizer import BPETokenizer
 from vit.clip import load_clip
@@ -111,6 +112,8 @@ def test_clip_score_cli_on_files_and_on_a_checkpoint(clip_folder, dalle_folder, 
     with pytest.raises(ValueError, match=r"no prompt for .*1.png: pass --prompt, or put its caption in .*1.txt"):
         clip_score_report([str(images), "--clip", str(clip_path)])
     assert clip_score_report([str(images), "--clip", str(clip_path), "--prompt", "a square"])["count"] == 2
+    (images / "1.txt").write_bytes("a blue carré\n".encode("latin-1"))  # not UTF-8: read as the caption folder does
+    assert clip_score_report([str(images), "--clip", str(clip_path)])["scores"][1]["prompt"] == "a blue carré"
 
 
 def test_pretrained_mini_mega_rerank_with_clip(clip_folder, tmp_path, monkeypatch, capsys):

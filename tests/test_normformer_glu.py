@@ -88,3 +88,24 @@ def test_normformer_block_without_cross_attention_refuses_context():
     assert block.cross_attn is None and not any("cross" in k for k in block.state_dict())
     with pytest.raises(ValueError, match="cross_attention"):
         block(torch.randn(1, 3, 16), torch.randn(1, 2, 16))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_shared_context_equals_repeated_context(fused):
+    """A context of B / g rows serves g consecutive query rows: the same result as repeating each context g times,
+    through a static cache as well (one copy of a prompt's keys / values for all its samples)."""
+    attn = MultiHeadAttention(32, 4, qkv_bias=False, proj_bias=False)
+    attn.fused_attn = fused
+    randomize_(attn, 3)
+    x, context = torch.randn(6, 2, 32), torch.randn(2, 5, 32)  # 2 contexts x 3 samples each
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    mask[1, ..., -2:] = False
+    expected = attn(x, context.repeat_interleave(3, 0), mask=mask.repeat_interleave(3, 0))
+    torch.testing.assert_close(attn(x, context, mask=mask), expected, atol=1e-6, rtol=1e-5)
+    cache = KVCache(2, 5, 4, 8, static=True)
+    attn(x[:, :1], context, mask=mask, cache=cache)
+    torch.testing.assert_close(attn(x[:, 1:], None, mask=mask, cache=cache), expected[:, 1:], atol=1e-6, rtol=1e-5)
+    weights = attn(x, context, mask=mask, return_weights=True)[1]
+    assert weights.shape == (6, 4, 2, 5) and torch.equal(weights[3:, ..., -2:], torch.zeros(3, 4, 2, 2))
+    with pytest.raises(ValueError, match="divisor"):
+        attn(x, torch.randn(4, 5, 32))

@@ -115,3 +115,42 @@ def test_priming_needs_the_vqgan_encoder(folder, tmp_path):
     pipe.vqgan = decoder_only  # what min-dalle's detoker.pt gives
     with pytest.raises(ValueError, match="no encoder .*dalle-mini/vqgan_imagenet_f16_16384"):
         generate_pretrained(pipe, "a fox", prime_image=torch.rand(3, 32, 32), prime_rows=4)
+
+
+def test_ids_outside_the_text_vocabulary_are_named(folder):
+    pipe = load_pretrained(folder)
+    text = torch.ones(1, 64, dtype=torch.long)
+    text[0, 1] = pipe.model.config.text_vocab_size
+    with pytest.raises(ValueError, match="text ids must be in .*another checkpoint"):
+        pipe.model.encode(text)
+
+
+def test_too_many_images_at_once_names_the_batch_size(folder, monkeypatch):
+    pipe = load_pretrained(folder)
+    need = pipe.model.generation_bytes(2 * 8)
+    monkeypatch.setattr("dalle.pretrained.available_memory", lambda device: need)  # 8 images + guidance: 16 rows
+    with pytest.raises(MemoryError, match=r"decoding 16 rows .* smaller --batch-size \(e\.g\. 7\)"):
+        generate_pretrained(pipe, "a fox", num_images=8, batch_size=8)
+
+
+def test_min_dalle_folder_layout(folder, tmp_path):
+    """min-dalle's own layout: pretrained/dalle_bart_mini/{encoder,decoder}_mini.pt + vocab_mini.json +
+    merges_mini.txt, the VQGAN in pretrained/vqgan/ (ours here: min-dalle's detoker is full size)."""
+    from min_dalle.models import DalleBartDecoder, DalleBartEncoder  # the models only: no global state changes
+
+    vocab = json.loads((folder / "vocab.json").read_text())
+    bart = tmp_path / "pretrained" / "dalle_bart_mini"
+    bart.mkdir(parents=True)
+    enc = DalleBartEncoder(layer_count=1, embed_count=64, attention_head_count=1, text_vocab_count=len(vocab),
+                           text_token_count=64, glu_embed_count=48, device="cpu")
+    dec = DalleBartDecoder(image_vocab_count=64, embed_count=64, attention_head_count=1, glu_embed_count=48,
+                           layer_count=1, device="cpu")
+    torch.save(enc.state_dict(), bart / "encoder_mini.pt")
+    torch.save(dec.state_dict(), bart / "decoder_mini.pt")
+    (bart / "vocab_mini.json").write_text((folder / "vocab.json").read_text())
+    (bart / "merges_mini.txt").write_text((folder / "merges.txt").read_text())
+    load_pretrained(folder).vqgan.save_pretrained(tmp_path / "pretrained" / "vqgan")
+    pipe = load_pretrained(bart)
+    c = pipe.model.config
+    assert (c.dim, c.num_heads, c.image_vocab_size, c.codebook_size, c.start_token) == (64, 1, 64, 64, 64)
+    assert generate_pretrained(pipe, "a fox", seed=0).ids.shape == (1, 1, 256)

@@ -160,7 +160,7 @@ def test_readme_command_parses(line: int, module: str, args: list[str], fenced: 
         import dalle.__main__ as cli
         from dalle.judges.evaluate import evaluate_parser
         from dalle.generate import generate_parser
-        from dalle.judges.clip_score import clip_score_parser
+        from dalle.judges.clip_score_cli import clip_score_parser
 
         assert subcommand in (*cli.COMMANDS, "--help"), f"README.md:{line}: no `python -m dalle {subcommand}`"
         main, lightning_cli = cli.main, subcommand.startswith("fit")

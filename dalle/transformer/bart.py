@@ -13,6 +13,7 @@ samples from uncond + f * (cond - uncond) (f = 16 in min-dalle and in the dalle-
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -167,25 +168,31 @@ class DalleBart(nn.Module):
         c = self.config
         if text.dim() != 2 or text.shape[1] != c.text_seq_len:
             raise ValueError(f"text must be (B, {c.text_seq_len}) token ids, got {tuple(text.shape)}")
+        if text.min() < 0 or text.max() >= c.text_vocab_size:
+            raise ValueError(f"text ids must be in [0, {c.text_vocab_size}), got [{text.min()}, {text.max()}]: was the "
+                             "tokenizer made for another checkpoint?")
         return self.encoder(text, self.text_mask(text))
 
     def forward(self, text: Tensor, image_in: Tensor) -> Tensor:
         """text: (B, T); image_in: (B, L) decoder inputs (start token, then image tokens). Returns (B, L, V + 1)."""
         return self.lm_head(self.decoder(image_in, self.encode(text), self.text_mask(text)))
 
-    def init_cache(self, rows: int, dtype: torch.dtype | None = None) -> DecoderCache:
-        """Self-attention keys/values for every image position, cross-attention ones for the text (filled once)."""
+    def init_cache(self, rows: int, context_rows: int | None = None, dtype: torch.dtype | None = None) -> DecoderCache:
+        """Self-attention keys/values for every image position of `rows` sequences, cross-attention ones for the
+        text of `context_rows` contexts (default: one per row; fewer when consecutive rows share a prompt)."""
         c = self.config
-        make = lambda n, static: KVCache(  # noqa: E731
-            rows, n, c.num_heads, c.dim // c.num_heads, dtype=dtype or self.dtype, device=self.device, static=static
+        make = lambda b, n, static: KVCache(  # noqa: E731
+            b, n, c.num_heads, c.dim // c.num_heads, dtype=dtype or self.dtype, device=self.device, static=static
         )
-        return DecoderCache([make(c.image_seq_len, False) for _ in range(c.decoder_depth)],
-                            [make(c.text_seq_len, True) for _ in range(c.decoder_depth)])
+        return DecoderCache([make(rows, c.image_seq_len, False) for _ in range(c.decoder_depth)],
+                            [make(context_rows or rows, c.text_seq_len, True) for _ in range(c.decoder_depth)])
 
-    def cache_bytes(self, rows: int, dtype: torch.dtype | None = None) -> int:
+    def generation_bytes(self, rows: int) -> int:
+        """Rough memory of decoding `rows` sequences at once (the self-attention cache dominates) beside the weights."""
         c = self.config
-        itemsize = torch.empty((), dtype=dtype or self.dtype).element_size()
-        return 2 * c.decoder_depth * rows * (c.image_seq_len + c.text_seq_len) * c.dim * itemsize
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        cache = 2 * c.decoder_depth * rows * (c.image_seq_len + c.text_seq_len) * c.dim * itemsize
+        return cache + rows * (c.image_vocab_size + 4 * c.glu_dim + 8 * c.dim) * 4  # + logits and one layer's work
 
     @torch.inference_mode()
     def generate(
@@ -226,19 +233,21 @@ class DalleBart(nn.Module):
         if prime.shape[0] != B or prime.shape[1] >= N:
             raise ValueError(f"prime must be ({B}, n < {N}) image ids, got {tuple(prime.shape)}")
 
-        # Encode each distinct prompt once (and the empty prompt once), then pick rows: conditional rows first.
-        distinct, rows = torch.unique(text, dim=0, return_inverse=True)
+        # Rows run conditional first, then unconditional. Each run of g identical prompts shares one context (its
+        # cross-attention keys/values computed and cached once); each distinct prompt is encoded once.
+        g = math.gcd(*torch.unique_consecutive(text, dim=0, return_counts=True)[1].tolist())
+        contexts = text[::g]  # (B / g, T)
         if guided:
-            distinct = torch.cat([distinct, uncond.to(self.device)])
-            rows = torch.cat([rows, torch.full_like(rows, len(distinct) - 1)])
-        encoded, mask = self.encode(distinct), self.text_mask(distinct)
-        context, context_mask = encoded[rows], mask[rows]  # (R, T, D), (R, 1, 1, T)
+            contexts = torch.cat([contexts, uncond.to(self.device).expand(B // g, -1)])
+        distinct, index = torch.unique(contexts, dim=0, return_inverse=True)
+        context, context_mask = self.encode(distinct)[index], self.text_mask(contexts)  # (C, T, D), (C, 1, 1, T)
+        rows = 2 * B if guided else B
 
-        cache = self.init_cache(len(rows))
+        cache = self.init_cache(rows, len(contexts))
         n = prime.shape[1]
         start = torch.full((B, 1), c.start_token, dtype=torch.long, device=self.device)
         inputs = torch.cat([start, prime], dim=1)  # (B, 1 + n): start token and the kept tokens, in one pass
-        h = self.decoder(inputs.repeat(len(rows) // B, 1), context, context_mask, cache=cache)
+        h = self.decoder(inputs.repeat(rows // B, 1), context, context_mask, cache=cache)
         out = torch.empty(B, N, dtype=torch.long, device=self.device)
         out[:, :n] = prime
         for j in range(n, N):
@@ -248,7 +257,7 @@ class DalleBart(nn.Module):
             if on_step is not None:
                 on_step(j)
             if j < N - 1:
-                h = self.decoder(token[:, None].repeat(len(rows) // B, 1), None, context_mask, cache=cache)
+                h = self.decoder(token[:, None].repeat(rows // B, 1), None, context_mask, cache=cache)
         return out
 
     # ------------------------------------------------------------------------------------------------ weights

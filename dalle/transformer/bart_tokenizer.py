@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,13 +51,19 @@ class BartTokenizer:
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> BartTokenizer:
-        """`vocab.json` + `merges.txt` (dalle-mini's repos, min-dalle's Mega files) or min-dalle's `*_mini` pair."""
+        """`vocab.json` + `merges.txt` (dalle-mini's repos, min-dalle's Mega files), min-dalle's `*_mini` pair, or
+        the vocabulary and merges inside a HF `tokenizer.json`."""
         folder = Path(folder)
         for suffix in ("", "_mini"):
             vocab, merges = folder / f"vocab{suffix}.json", folder / f"merges{suffix}.txt"
             if vocab.is_file() and merges.is_file():
                 return cls.from_files(vocab, merges)
-        raise FileNotFoundError(f"no BART tokenizer in {folder}: expected vocab.json + merges.txt")
+        if (folder / "tokenizer.json").is_file():
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf8")).get("model", {})
+            if model.get("type") == "BPE":  # merges as "a b" strings (older files) or [a, b] pairs
+                pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+                return cls(model["vocab"], pairs)
+        raise FileNotFoundError(f"no BART tokenizer in {folder}: expected vocab.json + merges.txt (or tokenizer.json)")
 
     def tokenize(self, text: str) -> list[int]:
         """``<s>`` + the BPE ids of `text` + ``</s>``, unpadded and uncut."""
@@ -64,7 +71,11 @@ class BartTokenizer:
         return [self.bos, *self.tokenizer.encode(words).ids, self.eos]
 
     def encode(self, text: str, length: int = 64) -> torch.Tensor:
-        ids = self.tokenize(text)[:length]  # min-dalle cuts after framing: a long prompt loses its </s>
+        ids = self.tokenize(text)
+        if len(ids) > length:
+            warnings.warn(f"prompt cut from {len(ids)} to {length} tokens (as min-dalle does, its </s> too): {text!r}",
+                          stacklevel=2)
+            ids = ids[:length]
         return torch.tensor(ids + [self.pad] * (length - len(ids)), dtype=torch.long)
 
     def encode_batch(self, texts: Sequence[str], length: int = 64) -> torch.Tensor:

@@ -48,11 +48,15 @@ _LAYER = re.compile(r"layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
 def min_dalle_to_ours(encoder: dict[str, Tensor], decoder: dict[str, Tensor]) -> dict[str, Tensor]:
-    """min-dalle's encoder.pt / decoder.pt state dicts -> a `DalleBart` state dict (norm scales not yet filled)."""
+    """min-dalle's encoder.pt / decoder.pt state dicts -> a `DalleBart` state dict (norm scales not yet filled).
+
+    Empties its inputs as it goes, so that each fused q/k/v weight replaces its three parts instead of doubling them.
+    """
     out: dict[str, Tensor] = {}
     for stack, state in (("encoder", encoder), ("decoder", decoder)):
         qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
-        for key, value in state.items():
+        for key in list(state):
+            value = state.pop(key)
             if stack == "decoder" and key == "lm_head.weight":
                 out["lm_head.weight"] = value
                 continue
@@ -66,18 +70,20 @@ def min_dalle_to_ours(encoder: dict[str, Tensor], decoder: dict[str, Tensor]) ->
             layer, module, leaf = int(m[1]), m[2], m[3]
             attn, _, proj = module.rpartition(".")
             if proj in ("q_proj", "k_proj", "v_proj") and attn in ("self_attn", "encoder_attn"):
-                qkv.setdefault((layer, attn), {})[proj] = value
+                parts = qkv.setdefault((layer, attn), {})
+                parts[proj] = value
+                if len(parts) == 3:
+                    ours = "attn" if attn == "self_attn" else "cross_attn"
+                    fused = torch.cat([parts.pop("q_proj"), parts.pop("k_proj"), parts.pop("v_proj")])
+                    out[f"{stack}.blocks.{layer}.{ours}.qkv.weight"] = fused
             elif module in _LAYER_NAMES:
                 out[f"{stack}.blocks.{layer}.{_LAYER_NAMES[module]}.{leaf}"] = value
             else:
                 raise WeightsError(f"unexpected key {key!r} in the {stack} weights")
         for (layer, attn), parts in qkv.items():
-            missing = {"q_proj", "k_proj", "v_proj"} - set(parts)
-            if missing:
-                raise WeightsError(f"{stack} layer {layer} {attn} lacks {sorted(missing)}")
-            ours = "attn" if attn == "self_attn" else "cross_attn"
-            fused = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
-            out[f"{stack}.blocks.{layer}.{ours}.qkv.weight"] = fused
+            if parts:  # fused ones were emptied
+                missing = sorted({"q_proj", "k_proj", "v_proj"} - set(parts))
+                raise WeightsError(f"{stack} layer {layer} {attn} lacks {missing}")
     return out
 
 
@@ -99,6 +105,7 @@ def config_from_state(state: dict[str, Tensor], **overrides) -> DalleBartConfig:
             text_vocab_size=text_vocab, dim=dim, num_heads=dim // HEAD_DIM,
             text_seq_len=state["encoder.embed_positions.weight"].shape[0],
             image_vocab_size=state["decoder.embed_tokens.weight"].shape[0] - 1,
+            codebook_size=min(2**14, state["decoder.embed_tokens.weight"].shape[0] - 1),  # the VQGAN's 16384 codes
             image_seq_len=state["decoder.embed_positions.weight"].shape[0],
             glu_dim=state["encoder.blocks.0.mlp.fc0.weight"].shape[0],
             encoder_depth=depth("encoder"), decoder_depth=depth("decoder"),
@@ -109,9 +116,10 @@ def config_from_state(state: dict[str, Tensor], **overrides) -> DalleBartConfig:
 
 
 # The options of dalle-mini's DalleBartConfig that both published checkpoints use; anything else is another model.
-_PUBLISHED = dict(ln_positions="normformer", use_glu=True, use_bias=False, scale_embedding=False, use_head_scale=False,
-                  use_cosine_attention=False, use_swin_position_embeddings=False,
-                  use_absolute_position_embeddings=True, use_final_ln_encoder=True, use_final_ln_decoder=True)
+_PUBLISHED = dict(ln_type="layernorm", ln_positions="normformer", use_glu=True, use_bias=False, scale_embedding=False,
+                  use_head_scale=False, use_cosine_attention=False, use_swin_position_embeddings=False,
+                  use_absolute_position_embeddings=True, use_final_ln_encoder=True, use_final_ln_decoder=True,
+                  use_alibi=False, sinkhorn_iters=1, activation_function="gelu", tie_word_embeddings=False)
 
 
 def config_from_flax(config: dict, **overrides) -> DalleBartConfig:
@@ -218,20 +226,23 @@ def build(state: dict[str, Tensor], config: DalleBartConfig, source: str) -> Dal
     return model.eval()
 
 
-def load_dalle_bart(path: str | os.PathLike, dtype: torch.dtype | None = None, **overrides) -> DalleBart:
+def load_dalle_bart(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu", **overrides
+) -> DalleBart:
     """A `DalleBart` from a folder holding our `config.json` + `model.safetensors`, min-dalle's `encoder.pt` +
     `decoder.pt` (or `encoder_mini.pt` + `decoder_mini.pt`), or dalle-mini's `config.json` + `flax_model.msgpack`."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return DalleBart.from_pretrained(path, dtype=dtype)
+        return DalleBart.from_pretrained(path, dtype=dtype, device=device)
     if (path / "flax_model.msgpack").is_file():
         config = config_from_flax(json.loads((path / "config.json").read_text()), **overrides)
-        encoder, decoder = flax_to_min_dalle(read_flax_msgpack(path / "flax_model.msgpack", dtype))
+        encoder, decoder = flax_to_min_dalle(read_flax_msgpack(path / "flax_model.msgpack", dtype, device))
         return build(min_dalle_to_ours(encoder, decoder), config, str(path / "flax_model.msgpack"))
     for suffix in ("", "_mini"):
         enc, dec = path / f"encoder{suffix}.pt", path / f"decoder{suffix}.pt"
         if enc.is_file() and dec.is_file():
-            state = min_dalle_to_ours(read_torch_state_dict(enc, dtype), read_torch_state_dict(dec, dtype))
+            read = lambda f: read_torch_state_dict(f, dtype, device)  # noqa: E731
+            state = min_dalle_to_ours(read(enc), read(dec))
             return build(state, config_from_state(state, **overrides), f"{enc} + {dec}")
     raise FileNotFoundError(
         f"no DALL·E Mini / Mega weights in {path}: expected model.safetensors + config.json (ours), "

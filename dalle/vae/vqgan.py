@@ -100,21 +100,16 @@ class Level(nn.Module):
         super().__init__()
         self.block = nn.ModuleList(ResnetBlock(c, n_in if i == 0 else n_out, n_out) for i in range(n_blocks))
         self.attn = nn.ModuleList(AttnBlock(c, n_out) for _ in range(n_blocks)) if attention else None
-        if resample == "up":
-            self.upsample = Resample(n_out, up=True)
-        elif resample == "down":
-            self.downsample = Resample(n_out, up=False)
+        self.resample = resample
+        if resample is not None:  # named as in taming: `upsample` / `downsample`
+            self.add_module(f"{resample}sample", Resample(n_out, up=resample == "up"))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, block in enumerate(self.block):
             x = block(x)
             if self.attn is not None:
                 x = self.attn[i](x)
-        if hasattr(self, "upsample"):
-            x = self.upsample(x)
-        elif hasattr(self, "downsample"):
-            x = self.downsample(x)
-        return x
+        return getattr(self, f"{self.resample}sample")(x) if self.resample is not None else x
 
 
 class Resample(nn.Module):

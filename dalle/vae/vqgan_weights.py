@@ -76,12 +76,12 @@ def build(state: dict[str, Tensor], config: VQGANConfig, source: str) -> VQGAN:
     return model.eval()
 
 
-def load_vqgan(path: str | os.PathLike, **overrides) -> VQGAN:
+def load_vqgan(path: str | os.PathLike, device: str | torch.device = "cpu", **overrides) -> VQGAN:
     """A VQGAN (fp32: it runs once per image) from a folder holding our `config.json` + `model.safetensors`,
     dalle-mini's flax `flax_model.msgpack`, or min-dalle's `detoker.pt`."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return VQGAN.from_pretrained(path)
+        return VQGAN.from_pretrained(path, device=device)
     if (path / "flax_model.msgpack").is_file():
         config = VQGANConfig(**overrides)
         config_file = path / "config.json"
@@ -90,12 +90,12 @@ def load_vqgan(path: str | os.PathLike, **overrides) -> VQGAN:
             names = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution", "z_channels", "embed_dim",
                      "n_embed")
             config = VQGANConfig(**{**{k: flax[k] for k in names if k in flax}, **overrides})
-        tree = read_flax_msgpack(path / "flax_model.msgpack", torch.float32)
+        tree = read_flax_msgpack(path / "flax_model.msgpack", torch.float32, device)
         return build(taming_to_ours(flax_to_taming(tree)), config, str(path / "flax_model.msgpack"))
     if (path / "detoker.pt").is_file():
         # min-dalle's port: GroupNorm at torch's default eps, no encoder.
         config = VQGANConfig(**{"norm_eps": 1e-5, "has_encoder": False, **overrides})
-        state = read_torch_state_dict(path / "detoker.pt", torch.float32)
+        state = read_torch_state_dict(path / "detoker.pt", torch.float32, device)
         return build(taming_to_ours(state), config, str(path / "detoker.pt"))
     raise FileNotFoundError(
         f"no VQGAN weights in {path}: expected model.safetensors + config.json (ours), flax_model.msgpack "
