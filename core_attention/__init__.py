@@ -1,11 +1,11 @@
-"""core_attention: the one place attention lives. Depends on torch and einops only."""
+"""core_attention: the one place attention lives. Depends on torch only (training/: also Lightning)."""
 
 from .attention import MultiHeadAttention, attend
 from .block import TransformerBlock
 from .cache import DecoderCache, KVCache
 from .glu import GluMlp
 from .layers import DropPath, LayerScale, Linear, Mlp, QuickGELU, init_weights
-from .masks import causal_mask, dalle_mask, key_padding_mask, mask_to_text, save_mask_png
+from .masks import causal_mask, key_padding_mask, mask_to_text
 from .normformer import NormFormerBlock
 from .positions import (
     AxialRotaryEmbedding,
@@ -13,6 +13,7 @@ from .positions import (
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
     apply_rotary,
+    grid_coords,
     resample_pos_embed,
     sincos_2d,
     sinusoidal_table,
@@ -42,12 +43,11 @@ __all__ = [
     "TransformerBlock",
     "apply_rotary",
     "causal_mask",
-    "dalle_mask",
+    "grid_coords",
     "init_weights",
     "key_padding_mask",
     "mask_to_text",
     "resample_pos_embed",
-    "save_mask_png",
     "sincos_2d",
     "sinusoidal_table",
 ]

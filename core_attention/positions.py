@@ -24,6 +24,11 @@ def sinusoidal_table(length: int, dim: int, *, base: float = 10000.0) -> Tensor:
     return table.float()
 
 
+def grid_coords(h: int, w: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """Row and column coordinates of an h × w grid in row-major order: two (h * w,) long tensors."""
+    return torch.arange(h, device=device).repeat_interleave(w), torch.arange(w, device=device).repeat(h)
+
+
 def sincos_2d(grid_size: int | tuple[int, int], dim: int, *, base: float = 10000.0) -> Tensor:
     """2-D sin-cos table for a patch grid, (h * w, dim) in row-major order: half the channels encode the row, half the column."""
     h, w = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
@@ -104,10 +109,6 @@ class AxialRotaryEmbedding(nn.Module):
         cos_c, sin_c = self.cols(cols)
         return _interleave_halves(cos_r, cos_c), _interleave_halves(sin_r, sin_c)
 
-    @staticmethod
-    def grid(h: int, w: int, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-        """Row and column coordinates of an h × w grid in row-major order."""
-        return torch.arange(h, device=device).repeat_interleave(w), torch.arange(w, device=device).repeat(h)
 
 
 def _interleave_halves(a: Tensor, b: Tensor) -> Tensor:

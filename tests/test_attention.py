@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from core_attention import Linear, MultiHeadAttention, causal_mask, dalle_mask, key_padding_mask
+from core_attention import Linear, MultiHeadAttention, causal_mask, key_padding_mask
+from dalle.transformer.masks import dalle_mask
 
 B, L, DIM, HEADS = 2, 12, 32, 4
 

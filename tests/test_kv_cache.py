@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from core_attention import Decoder, KVCache, RotaryEmbedding, dalle_mask
+from core_attention import Decoder, KVCache, RotaryEmbedding
+from dalle.transformer.masks import dalle_mask
 
 DIM, HEADS, DEPTH, B, L = 32, 4, 2, 2, 10
 

@@ -17,14 +17,14 @@ from core_attention import (
     TransformerBlock,
     apply_rotary,
     causal_mask,
-    dalle_mask,
     key_padding_mask,
     mask_to_text,
+    grid_coords,
     resample_pos_embed,
-    save_mask_png,
     sincos_2d,
     sinusoidal_table,
 )
+from dalle.transformer.masks import dalle_mask, save_mask_png
 
 
 def test_sinusoidal_table_matches_the_paper():
@@ -81,7 +81,7 @@ def test_axial_rotary_depends_on_relative_row_and_column():
 
     assert score((2, 3), (1, 1)) == pytest.approx(score((5, 4), (4, 2)), abs=1e-5)
     assert score((2, 3), (1, 1)) != pytest.approx(score((2, 3), (1, 2)), abs=1e-3)
-    rows, cols = AxialRotaryEmbedding.grid(2, 3)
+    rows, cols = grid_coords(2, 3)
     assert rows.tolist() == [0, 0, 0, 1, 1, 1] and cols.tolist() == [0, 1, 2, 0, 1, 2]
 
 

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_attention import Decoder, LearnedPositionalEmbedding, Linear, dalle_mask, init_weights
+from core_attention import Decoder, LearnedPositionalEmbedding, Linear, init_weights
 
+from dalle.transformer.masks import dalle_mask
 from dalle.transformer.sampling import check_sampling_args, sample_logits
 
 __all__ = ["ATTN_TYPES", "DALLE", "DALLEConfig", "DALLEOutput", "paper_attn_types"]
