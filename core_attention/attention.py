@@ -167,7 +167,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 k, v = cache.update(k, v)
         k, v = k.to(q.dtype), v.to(q.dtype)  # no-op unless a cache was allocated in another dtype
-        lk, groups = k.shape[2], b // k.shape[0]
+        lk, groups = k.shape[2], (b // k.shape[0] if k.shape[0] else 1)  # an empty batch: nothing to share
         if groups * k.shape[0] != b:
             raise ValueError(f"a cross-attention cache of {k.shape[0]} rows cannot serve {b} queries (not a multiple)")
         if groups > 1:  # (B, H, Lq, D) -> (B / g, H, g * Lq, D): the rows that share a context, as one query

@@ -1,7 +1,7 @@
 """LightningModule for the discrete VAE: DALL·E's schedules, codebook health, reconstruction grids.
 
 Schedules follow the DALL·E paper's appendix A.2, all cosine: the gumbel-softmax temperature tau goes
-1 -> 1/16, the KL weight beta 0 -> its target, and the learning rate from ``lr`` down to ``lr_end``.
+1 -> 1/16, the KL weight beta 0 -> its target, and the learning rate from ``lr`` down to ``min_lr``.
 Training uses relaxed codes; validation measures what the text-to-image model will see: argmax codes
 (``encode`` -> ``decode``), as PSNR, plus perplexity and the fraction of the codebook in use.
 """
@@ -86,9 +86,10 @@ class DVAEModule(pl.LightningModule):
         straight_through: hard one-hot codes in the forward pass, gumbel-softmax gradients in the backward pass.
         init_weights: a ``save_pretrained`` directory or ``.safetensors`` file to start from (fine-tuning,
             e.g. OpenAI's converted dVAE). Its shapes must match the model options.
-        lr: peak learning rate of the cosine schedule from ``lr`` to ``lr_end`` over all training steps,
+        lr: peak learning rate of the cosine schedule from ``lr`` to ``min_lr`` over all training steps,
             after ``warmup_steps`` of linear warm-up.
-        lr_end: learning rate at the end of the cosine schedule.
+        min_lr: learning rate at the end of the cosine schedule (the name every model's module uses).
+        lr_end: deprecated name of min_lr (release 0.1); given, it wins with a DeprecationWarning.
         warmup_steps: optimizer steps of linear learning-rate warm-up (0: none).
         weight_decay: AdamW weight decay of the weight matrices (norms and biases get none).
         betas: AdamW betas.
@@ -117,7 +118,7 @@ class DVAEModule(pl.LightningModule):
         straight_through: bool = False,
         init_weights: str | None = None,
         lr: float = 1e-3,
-        lr_end: float = 1.25e-6,
+        min_lr: float = 1.25e-6,
         warmup_steps: int = 0,
         weight_decay: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -129,9 +130,15 @@ class DVAEModule(pl.LightningModule):
         collapse_threshold: float = 0.1,
         num_recon_images: int = 8,
         export_dir: str | None = None,
+        lr_end: float | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        if lr_end is not None:
+            warnings.warn("DVAEModule(lr_end=...) is now min_lr (lr_end goes in the next release)", DeprecationWarning,
+                          stacklevel=2)
+            min_lr = lr_end
+        self.save_hyperparameters(ignore=["lr_end"])
+        self.hparams["min_lr"] = min_lr
         self.vae = DiscreteVAE(
             architecture=architecture, image_size=image_size, channels=channels, num_tokens=num_tokens,
             downsample=downsample, hidden_dim=hidden_dim, num_resblocks=num_resblocks,
@@ -170,12 +177,12 @@ class DVAEModule(pl.LightningModule):
         return cosine_schedule(self.global_step if step is None else step, hp.kl_warmup_steps, 0.0, hp.kl_weight)
 
     def lr_factor(self, step: int, total: int | None = None) -> float:
-        """Multiplier of ``lr`` at ``step``: linear warm-up, then cosine to ``lr_end / lr``."""
+        """Multiplier of ``lr`` at ``step``: linear warm-up, then cosine to ``min_lr / lr``."""
         hp = self.hparams
         total = self._total_steps() if total is None else total
         if step < hp.warmup_steps:
             return (step + 1) / hp.warmup_steps
-        return cosine_schedule(step - hp.warmup_steps, max(total - hp.warmup_steps, 1), 1.0, hp.lr_end / hp.lr)
+        return cosine_schedule(step - hp.warmup_steps, max(total - hp.warmup_steps, 1), 1.0, hp.min_lr / hp.lr)
 
     def configure_optimizers(self):
         hp = self.hparams

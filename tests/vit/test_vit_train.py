@@ -19,7 +19,7 @@ from vit.__main__ import main
 from vit.data import CIFARDataModule, DigitsDataModule, ImageFolderDataModule, load_image
 from vit.module import ViTClassifier, load_classifier
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from dalle.judges.attributes import AttributeClassifier
 from dalle.judges.evaluate import SPLITS, accuracy, evaluate_main, prompt_scenes, split_scenes
 from dalle.data.shapes import HELD_OUT_PAIRS, TRAIN_PAIRS, ShapesDataset, canonical_caption, is_held_out, parse_caption
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 METRICS = {"shape", "colour", "size", "position", "all"}
 
 
@@ -119,7 +119,7 @@ def test_evaluate_with_a_reranker_scores_its_best_candidates(dalle_folder, tmp_p
     from dalle.pipeline import load_pipeline
     from dalle.judges.reranker import ContrastiveReranker, load_reranker
     from dalle.transformer.tokenizer import BPETokenizer
-    from test_reranker import tiny_config  # tests/ is on sys.path (conftest.py)
+    from recipes import tiny_reranker_config as tiny_config
 
     torch.manual_seed(0)
     tokenizer = BPETokenizer.train(ShapesDataset("train", 300, 16).iter_captions(), vocab_size=200)

@@ -13,7 +13,7 @@ from dalle.judges.attributes import ATTRIBUTES, AllPairsShapes, AttributeClassif
 from dalle.data.shapes import ALL_PAIRS, COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Shape, ShapesDataset, render
 from vit import ViTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = dict(img_size=16, patch_size=8, num_classes=0, global_pool="avg", embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0)
 
 

@@ -15,7 +15,7 @@ from core_attention.examples.seq2seq import ReverseDigitsDataModule, Seq2SeqModu
 from core_attention.io import load_checkpoint
 from core_attention.training import TrainingCurves, cli_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def seq2seq(subcommand: str, root: Path, *extra: str, steps: int = 2):

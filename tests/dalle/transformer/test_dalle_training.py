@@ -17,7 +17,7 @@ from dalle.transformer.module import DALLEModule, fit_main
 from dalle.pipeline import load_pipeline
 from dalle.transformer.tokenizer import BPETokenizer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dalle"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "dalle"
 
 
 @pytest.fixture(scope="module")

@@ -180,13 +180,13 @@ def test_cosine_schedule_endpoints() -> None:
 
 
 def test_module_schedules() -> None:
-    module = DVAEModule(**SMALL, temperature_steps=100, kl_weight=6.6, kl_warmup_steps=50, lr=1e-3, lr_end=1e-5)
+    module = DVAEModule(**SMALL, temperature_steps=100, kl_weight=6.6, kl_warmup_steps=50, lr=1e-3, min_lr=1e-5)
     assert module.temperature(0) == 1.0 and module.temperature(100) == 1 / 16 and module.temperature(500) == 1 / 16
     assert module.kl_weight(0) == 0.0 and module.kl_weight(50) == 6.6 and module.kl_weight(51) == 6.6
     assert 0 < module.kl_weight(25) < 6.6
     assert module.lr_factor(0, total=200) == 1.0
     assert abs(module.lr_factor(200, total=200) - 1e-2) < 1e-12
-    warm = DVAEModule(**SMALL, warmup_steps=10, lr=1e-3, lr_end=1e-5)
+    warm = DVAEModule(**SMALL, warmup_steps=10, lr=1e-3, min_lr=1e-5)
     assert warm.lr_factor(0, total=100) == 0.1 and warm.lr_factor(9, total=100) == 1.0
 
 

@@ -25,11 +25,11 @@ from dalle.vae.module import DVAEModule
 from dalle.judges.evaluate import evaluate, format_table
 from dalle.transformer.module import DALLEModule
 from dalle.judges.reranker import RerankerConfig, RerankerModule
-from test_dvae_training import REDUCED_MODEL  # tests/ is on sys.path (conftest.py)
+from recipes import REDUCED_DVAE
 
 IMAGE_SIZE = 16
 # The reduced dVAE recipe of test_dvae_training.py with a 256-code book, trained on 16 px scenes of one or two shapes.
-DVAE = {**REDUCED_MODEL, "image_size": IMAGE_SIZE, "num_tokens": 256}
+DVAE = {**REDUCED_DVAE, "image_size": IMAGE_SIZE, "num_tokens": 256}
 DVAE_STEPS = 1600  # colours separate late: 800 steps kept one colour for every shape
 # configs/dalle/shapes.yaml at dim 64 and depth 2 (0.17M parameters), over 28 + 64 positions.
 DALLE = dict(tokenizer_vocab_size=512, tokenizer_train_limit=5000, text_seq_len=28, dim=64, depth=2, num_heads=4,

@@ -17,7 +17,7 @@ from core_attention.examples.seq2seq import ReverseDigitsDataModule, Seq2SeqModu
 from core_attention.io import load_checkpoint, load_safetensors, load_state_dict_checked, save_safetensors
 from core_attention.training import AtomicCheckpointIO, CompileBlocks, FiniteLossGuard, TrainingCurves, TransformerFSDPStrategy, cli_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class RunsCode:

@@ -16,15 +16,12 @@ from dalle.data.datamodules import ShapesDataModule
 from dalle.judges.reranker import ContrastiveReranker, RerankerConfig, RerankerModule, clip_loss, load_reranker, load_scorer
 from dalle.data.shapes import ShapesDataset
 from dalle.transformer.tokenizer import BPETokenizer
+from recipes import TINY_RERANKER_IMAGE, tiny_reranker_config
 from vit import ViTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ViTConfig(img_size=16, patch_size=8, num_classes=0, global_pool="avg", embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0)
-
-
-def tiny_config(**overrides) -> RerankerConfig:
-    kwargs = dict(text_vocab_size=200, text_seq_len=24, text_dim=16, text_depth=1, text_heads=2, image_arch=IMAGE, embed_dim=16)
-    return RerankerConfig(**{**kwargs, **overrides})
+ROOT = Path(__file__).resolve().parents[3]
+IMAGE = TINY_RERANKER_IMAGE
+tiny_config = tiny_reranker_config
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dalle.vae.dvae import DiscreteVAE
 from dalle.vae.module import CodebookCollapseWarning, DVAEModule
+from recipes import REDUCED_DVAE, REDUCED_DVAE_STEPS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = dict(image_size=16, num_tokens=32, hidden_dim=8, num_resblocks=1, codebook_dim=8)
 
 
@@ -76,10 +77,15 @@ def test_collapsed_codebook_warns(tmp_path) -> None:
 
 
 def test_healthy_codebook_does_not_warn(tmp_path) -> None:
-    module = DVAEModule(**TINY, collapse_threshold=0.0)
+    pl.seed_everything(0)
+    module = DVAEModule(**TINY)  # the default threshold (10% of the codes), which a random dVAE clears on noise
     with warnings.catch_warnings():
         warnings.simplefilter("error", CodebookCollapseWarning)
         _trainer(tmp_path).validate(module, datamodule=DictImages())
+    assert module.last_figures["codes_used"] >= module.hparams.collapse_threshold > 0
+    # the same check a step below the threshold warns: the test above could fail
+    with pytest.warns(CodebookCollapseWarning):
+        assert not module.check_codebook(module.hparams.collapse_threshold - 0.01)
 
 
 def test_training_step_accepts_tuple_and_tensor_batches() -> None:
@@ -154,8 +160,8 @@ def test_short_training_reaches_quality_bar(tmp_path) -> None:
         def val_dataloader(self):
             return DataLoader(TensorDataset(val), batch_size=128)
 
-    module = DVAEModule(**REDUCED_MODEL)
-    trainer = _trainer(tmp_path, max_steps=REDUCED_STEPS, max_epochs=-1, val_check_interval=None,
+    module = DVAEModule(**REDUCED_DVAE)
+    trainer = _trainer(tmp_path, max_steps=REDUCED_DVAE_STEPS, max_epochs=-1, val_check_interval=None,
                        check_val_every_n_epoch=None, limit_val_batches=0, precision="32-true",
                        gradient_clip_val=1.0)
     start = time.perf_counter()
@@ -166,11 +172,7 @@ def test_short_training_reaches_quality_bar(tmp_path) -> None:
     recon = vae.decode(ids)
     psnr = 10 * math.log10(1.0 / float(((recon - val) ** 2).mean()))
     used = ids.unique().numel() / vae.num_tokens
-    print(f"reduced dVAE recipe: {REDUCED_STEPS} steps in {elapsed:.0f}s, PSNR {psnr:.2f} dB, codes used {used:.1%}")
+    print(f"reduced dVAE recipe: {REDUCED_DVAE_STEPS} steps in {elapsed:.0f}s, PSNR {psnr:.2f} dB, codes used {used:.1%}")
     assert psnr >= 18.5, psnr
     assert used >= 0.05, used
 
-
-REDUCED_MODEL = dict(image_size=32, num_tokens=512, downsample=2, hidden_dim=32, num_resblocks=1, codebook_dim=64,
-                     loss="mse", straight_through=True, lr=3e-3, lr_end=1e-5, kl_weight=0.01, kl_warmup_steps=100)
-REDUCED_STEPS = 400
