@@ -77,9 +77,11 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# torch {torch.__version__}, open_clip {open_clip.__version__}, cpu ({platform.machine()}, "
-          f"{torch.get_num_threads()} threads), {args.repeats} repeats x {args.iters} iters, "
-          f"load avg {os.getloadavg()[0]:.1f}")
+    print(
+        f"# torch {torch.__version__}, open_clip {open_clip.__version__}, cpu ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads), {args.repeats} repeats x {args.iters} iters, "
+        f"load avg {os.getloadavg()[0]:.1f}"
+    )
     print(f"# {cpu_flags()}")
     print("| model | tower | dtype | batch | open_clip /s | ours /s | ours/open_clip (median) | (best) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
@@ -123,8 +125,11 @@ def main() -> None:
                     ratios.append(got["open_clip"] / got["ours"])
                 n = inputs.shape[0]
                 ref_rate, our_rate = n / min(times["open_clip"]), n / min(times["ours"])
-                print(f"| {name}{' (tiny)' if args.tiny else ''} | {tower} | {dt} | {n} | {ref_rate:.1f} | "
-                      f"{our_rate:.1f} | {statistics.median(ratios):.2f}x | {our_rate / ref_rate:.2f}x |", flush=True)
+                print(
+                    f"| {name}{' (tiny)' if args.tiny else ''} | {tower} | {dt} | {n} | {ref_rate:.1f} | "
+                    f"{our_rate:.1f} | {statistics.median(ratios):.2f}x | {our_rate / ref_rate:.2f}x |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -91,16 +91,25 @@ def main() -> None:
             m.to(memory_format=fmt)
         images = x.contiguous(memory_format=fmt)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if low else contextlib.nullcontext()
-        for op, ours, theirs, arg in (("encode", ours_encode, theirs_encode, images), ("decode", ours_decode, theirs_decode, ids)):
+        for op, ours, theirs, arg in (
+            ("encode", ours_encode, theirs_encode, images),
+            ("decode", ours_decode, theirs_decode, ids),
+        ):
             with torch.inference_mode(), autocast:
                 t_ours = timed(ours(arg), args.warmup, args.iters)
                 t_theirs = timed(theirs(arg), args.warmup, args.iters)
             rows.append((op, mode, args.batch / t_ours, args.batch / t_theirs))
-            print(f"  {op} {mode}: ours {args.batch / t_ours:.3f} img/s, dall_e {args.batch / t_theirs:.3f} img/s", file=sys.stderr, flush=True)
+            print(
+                f"  {op} {mode}: ours {args.batch / t_ours:.3f} img/s, dall_e {args.batch / t_theirs:.3f} img/s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     fp32 = {op: theirs for op, mode, _, theirs in rows if mode == "fp32"}
-    print(f"\ndVAE throughput, {args.size}px, batch {args.batch}, best of {args.iters} after {args.warmup} warm-up; "
-          f"device {device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}\n")
+    print(
+        f"\ndVAE throughput, {args.size}px, batch {args.batch}, best of {args.iters} after {args.warmup} warm-up; "
+        f"device {device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}\n"
+    )
     print("| op | precision / layout | ours img/s | dall_e img/s | ratio | ratio vs dall_e fp32 |")
     print("|---|---|---:|---:|---:|---:|")
     for op, mode, ours, theirs in rows:

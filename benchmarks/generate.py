@@ -120,8 +120,12 @@ def main() -> None:
     text = torch.randint(1, REFERENCE.text_vocab_size, (args.batch, REFERENCE.text_seq_len))
     n_tokens = args.batch * REFERENCE.image_seq_len
     n_params = sum(p.numel() for p in base.decoder.parameters()) + base.image_head.weight.numel()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"reference DALLE: {n_params / 1e6:.1f}M parameters read per step, batch {args.batch}, {REFERENCE.image_seq_len} image tokens")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(
+        f"reference DALLE: {n_params / 1e6:.1f}M parameters read per step, batch {args.batch}, {REFERENCE.image_seq_len} image tokens"
+    )
     print(load())
 
     rows = []
@@ -144,11 +148,14 @@ def main() -> None:
                 t.update(time_interleaved({"uncached": uncached}, args.uncached_repeats))
             r = {k: n_tokens / v for k, v in t.items()}
             rows.append((name, guided, r))
-            print(f"  {name} guidance={'on ' if guided else 'off'}: cached {r['cached']:6.1f} tok/s"
-                  + (f", with F.linear {r['F.linear']:6.1f}" if "F.linear" in r else "")
-                  + (f", uncached {r['uncached']:5.1f}" if "uncached" in r else "")
-                  + f"; products alone {r['products']:6.1f}, read floor {r['read floor']:6.1f} tok/s"
-                  + f" ({r['cached'] / r['read floor']:.0%} of it)", flush=True)  # fmt: skip
+            print(
+                f"  {name} guidance={'on ' if guided else 'off'}: cached {r['cached']:6.1f} tok/s"
+                + (f", with F.linear {r['F.linear']:6.1f}" if "F.linear" in r else "")
+                + (f", uncached {r['uncached']:5.1f}" if "uncached" in r else "")
+                + f"; products alone {r['products']:6.1f}, read floor {r['read floor']:6.1f} tok/s"
+                + f" ({r['cached'] / r['read floor']:.0%} of it)",
+                flush=True,
+            )
 
     if args.check:
         a = base.generate(text, seed=0, top_k=64)
@@ -156,15 +163,19 @@ def main() -> None:
         print(f"cached == uncached ids (fp32, seed 0): {torch.equal(a, b)}")
 
     print()
-    print("| dtype | guidance | cached tok/s | with F.linear | uncached | cache speed-up | products alone | read floor "
-          "| cached / floor | vs DALLE-pytorch (16 tok/s) |")  # fmt: skip
+    print(
+        "| dtype | guidance | cached tok/s | with F.linear | uncached | cache speed-up | products alone | read floor "
+        "| cached / floor | vs DALLE-pytorch (16 tok/s) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, guided, r in rows:
         c, u, plain = r["cached"], r.get("uncached"), r.get("F.linear")
-        print(f"| {name} | {'on (2x rows)' if guided else 'off'} | {c:.0f} | "
-              f"{f'{plain:.0f} (ours x{c / plain:.2f})' if plain else '-'} | {f'{u:.1f}' if u else '-'} | "
-              f"{f'{c / u:.1f}x' if u else '-'} | {r['products']:.0f} | {r['read floor']:.0f} | {c / r['read floor']:.0%} | "
-              f"{c / DALLE_PYTORCH_TOKENS_PER_S:.1f}x |")  # fmt: skip
+        print(
+            f"| {name} | {'on (2x rows)' if guided else 'off'} | {c:.0f} | "
+            f"{f'{plain:.0f} (ours x{c / plain:.2f})' if plain else '-'} | {f'{u:.1f}' if u else '-'} | "
+            f"{f'{c / u:.1f}x' if u else '-'} | {r['products']:.0f} | {r['read floor']:.0f} | {c / r['read floor']:.0%} | "
+            f"{c / DALLE_PYTORCH_TOKENS_PER_S:.1f}x |"
+        )
     print(load())
 
 

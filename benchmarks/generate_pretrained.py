@@ -119,17 +119,32 @@ def main() -> None:
     print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
     torch.manual_seed(0)
-    enc = DalleBartEncoder(layer_count=args.layers, embed_count=args.dim, attention_head_count=args.heads,
-                           text_vocab_count=args.text_vocab, text_token_count=64, glu_embed_count=args.glu,
-                           device=device).eval()
-    dec = DalleBartDecoder(image_vocab_count=2**14, embed_count=args.dim, attention_head_count=args.heads,
-                           glu_embed_count=args.glu, layer_count=args.layers, device=device).eval()
-    state = min_dalle_to_ours({k: v.clone() for k, v in enc.state_dict().items()},
-                              {k: v.clone() for k, v in dec.state_dict().items()})
+    enc = DalleBartEncoder(
+        layer_count=args.layers,
+        embed_count=args.dim,
+        attention_head_count=args.heads,
+        text_vocab_count=args.text_vocab,
+        text_token_count=64,
+        glu_embed_count=args.glu,
+        device=device,
+    ).eval()
+    dec = DalleBartDecoder(
+        image_vocab_count=2**14,
+        embed_count=args.dim,
+        attention_head_count=args.heads,
+        glu_embed_count=args.glu,
+        layer_count=args.layers,
+        device=device,
+    ).eval()
+    state = min_dalle_to_ours(
+        {k: v.clone() for k, v in enc.state_dict().items()}, {k: v.clone() for k, v in dec.state_dict().items()}
+    )
     base: DalleBart = build(state, config_from_state(state, num_heads=args.heads, start_token=2**14 - 1), "min-dalle")
     n_params = sum(p.numel() for p in base.parameters())
-    print(f"model: {n_params / 1e6:.0f}M parameters (dim {args.dim}, {args.layers}+{args.layers} layers), "
-          f"{args.steps} steps per image")
+    print(
+        f"model: {n_params / 1e6:.0f}M parameters (dim {args.dim}, {args.layers}+{args.layers} layers), "
+        f"{args.steps} steps per image"
+    )
 
     g = torch.Generator().manual_seed(1)
     text = torch.ones(2, 64, dtype=torch.long)
@@ -154,8 +169,13 @@ def main() -> None:
                         raise StopEarly
 
                 try:
-                    ours.generate(text[1:], text[:1], num_images=images, on_step=stop_early,
-                                  generator=torch.Generator(device).manual_seed(0))
+                    ours.generate(
+                        text[1:],
+                        text[:1],
+                        num_images=images,
+                        on_step=stop_early,
+                        generator=torch.Generator(device).manual_seed(0),
+                    )
                 except StopEarly:
                     pass
 
@@ -168,8 +188,13 @@ def main() -> None:
                 positions = torch.arange(N, device=device)
                 for i in range(args.steps):
                     tokens[:, i + 1], attention_state = dec_d.sample_tokens(
-                        settings=settings, attention_mask=mask, encoder_state=encoder_state,
-                        attention_state=attention_state, prev_tokens=tokens[:, [i]], token_index=positions[[i]])
+                        settings=settings,
+                        attention_mask=mask,
+                        encoder_state=encoder_state,
+                        attention_state=attention_state,
+                        prev_tokens=tokens[:, [i]],
+                        token_index=positions[[i]],
+                    )
 
             def read_floor() -> None:
                 for _ in range(args.steps):
@@ -194,20 +219,29 @@ def main() -> None:
             tok = {k: images * args.steps / statistics.median(v) for k, v in times.items() if v}
             mb = {k: max(v) / 2**20 for k, v in peaks.items() if v}
             rows_out.append((dtype_name, images, tok, mb, failed))
-            print(f"  {dtype_name} {images} image(s): " + ", ".join(
-                f"{k} {tok[k]:.1f} tok/s ({mb[k]:.0f} MB)" if k in tok else f"{k} failed ({failed[k]})" for k in runs),
-                flush=True)
+            print(
+                f"  {dtype_name} {images} image(s): "
+                + ", ".join(
+                    f"{k} {tok[k]:.1f} tok/s ({mb[k]:.0f} MB)" if k in tok else f"{k} failed ({failed[k]})"
+                    for k in runs
+                ),
+                flush=True,
+            )
 
     print()
-    print("| dtype | images | ours tok/s | min-dalle tok/s | ours / min-dalle | read floor tok/s | ours / floor "
-          "| ours peak MB | min-dalle peak MB |")
+    print(
+        "| dtype | images | ours tok/s | min-dalle tok/s | ours / min-dalle | read floor tok/s | ours / floor "
+        "| ours peak MB | min-dalle peak MB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for dtype_name, images, tok, mb, failed in rows_out:
         o, m, f = tok.get("ours"), tok.get("min-dalle"), tok.get("read floor")
         cell = lambda x: f"{x:.1f}" if x is not None else "fails"  # noqa: E731
         megabytes = lambda k: f"{mb[k]:.0f}" if k in mb else "-"  # noqa: E731
-        print(f"| {dtype_name} | {images} | {cell(o)} | {cell(m)} | {f'{o / m:.2f}x' if o and m else '-'} | "
-              f"{cell(f)} | {f'{o / f:.0%}' if o and f else '-'} | {megabytes('ours')} | {megabytes('min-dalle')} |")
+        print(
+            f"| {dtype_name} | {images} | {cell(o)} | {cell(m)} | {f'{o / m:.2f}x' if o and m else '-'} | "
+            f"{cell(f)} | {f'{o / f:.0%}' if o and f else '-'} | {megabytes('ours')} | {megabytes('min-dalle')} |"
+        )
     for dtype_name, images, _, _, failed in rows_out:
         for name, why in failed.items():
             print(f"{name} failed in {dtype_name} with {images} image(s): {why}")

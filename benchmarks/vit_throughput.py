@@ -31,7 +31,9 @@ from vit import from_timm  # noqa: E402
 MODELS = {"vit_tiny_patch16_224": "ViT-Ti/16", "vit_small_patch16_224": "ViT-S/16"}
 
 
-def make_step(model: torch.nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, device: str):
+def make_step(
+    model: torch.nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, device: str
+):
     autocast = (lambda: torch.autocast(device_type=device, dtype=dtype)) if dtype else nullcontext
     if mode == "infer":
         model.eval()
@@ -66,7 +68,9 @@ def timed(step, iters: int, device: str) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(MODELS), help="timm model names (default: ViT-Ti/16 and ViT-S/16)")
+    p.add_argument(
+        "--models", nargs="+", default=list(MODELS), help="timm model names (default: ViT-Ti/16 and ViT-S/16)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--img-size", type=int, default=224, help="image side in pixels (default 224)")
     p.add_argument("--repeats", type=int, default=5, help="alternating ours/timm measurements per row (default 5)")
@@ -75,14 +79,22 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"], help="what to time")
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="fp32 and/or bf16 autocast")
+    p.add_argument(
+        "--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="fp32 and/or bf16 autocast"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device
-    name = torch.cuda.get_device_name() if dev == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"# torch {torch.__version__}, timm {timm.__version__}, {dev} ({name}), batch {args.batch_size}, {args.img_size}px, "
-          f"{args.repeats} repeats x {args.iters} iters, load avg {os.getloadavg()[0]:.1f}")  # fmt: skip
+    name = (
+        torch.cuda.get_device_name()
+        if dev == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"# torch {torch.__version__}, timm {timm.__version__}, {dev} ({name}), batch {args.batch_size}, {args.img_size}px, "
+        f"{args.repeats} repeats x {args.iters} iters, load avg {os.getloadavg()[0]:.1f}"
+    )
     print("| model | mode | dtype | timm img/s | ours img/s | ours/timm (median) | ours/timm (best) |")
     print("|---|---|---|---:|---:|---:|---:|")
     fp32_timm_infer: dict[str, float] = {}
@@ -108,15 +120,20 @@ def main() -> None:
                     t_ours.append(got["ours"])
                     ratios.append(got["timm"] / got["ours"])
                 ips_timm, ips_ours = args.batch_size / min(t_timm), args.batch_size / min(t_ours)
-                print(f"| {MODELS.get(model_name, model_name)} | {mode} | {dt} | {ips_timm:.1f} | {ips_ours:.1f} | "
-                      f"{statistics.median(ratios):.2f}x | {ips_ours / ips_timm:.2f}x |", flush=True)  # fmt: skip
+                print(
+                    f"| {MODELS.get(model_name, model_name)} | {mode} | {dt} | {ips_timm:.1f} | {ips_ours:.1f} | "
+                    f"{statistics.median(ratios):.2f}x | {ips_ours / ips_timm:.2f}x |",
+                    flush=True,
+                )
                 if mode == "infer" and dt == "fp32":
                     fp32_timm_infer[model_name] = ips_timm
                 if mode == "infer" and dt == "bf16":
                     bf16_ours_infer[model_name] = ips_ours
     for m in args.models:
         if m in fp32_timm_infer and m in bf16_ours_infer:
-            print(f"{MODELS.get(m, m)}: ours bf16 inference / timm fp32 inference = {bf16_ours_infer[m] / fp32_timm_infer[m]:.2f}x (best repeats)")
+            print(
+                f"{MODELS.get(m, m)}: ours bf16 inference / timm fp32 inference = {bf16_ours_infer[m] / fp32_timm_infer[m]:.2f}x (best repeats)"
+            )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,9 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if dim % num_heads != 0:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}); e.g. dim={num_heads * max(1, dim // num_heads)}")
+            raise ValueError(
+                f"dim ({dim}) must be divisible by num_heads ({num_heads}); e.g. dim={num_heads * max(1, dim // num_heads)}"
+            )
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         self.dim = dim
@@ -175,7 +177,9 @@ class MultiHeadAttention(nn.Module):
 
         if is_causal and not cross:
             if mask is not None:
-                raise ValueError("pass either is_causal=True or an explicit mask, not both (fold causality into the mask)")
+                raise ValueError(
+                    "pass either is_causal=True or an explicit mask, not both (fold causality into the mask)"
+                )
             if lq == 1:
                 is_causal = False  # one new query may see every cached key
             elif lq != lk:
@@ -186,10 +190,15 @@ class MultiHeadAttention(nn.Module):
                 mask = mask.to(q.dtype)  # SDPA needs the bias in the query dtype (bf16 under autocast)
 
         out, weights = attend(
-            q, k, v,
-            mask=mask, is_causal=is_causal, dropout_p=self.attn_drop if self.training else 0.0,
-            fused=self.fused_attn, return_weights=return_weights,
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            fused=self.fused_attn,
+            return_weights=return_weights,
+        )
         if groups > 1:  # back to one row per sample
             out = out.unflatten(2, (groups, lq)).transpose(1, 2).flatten(0, 1)  # (B, H, Lq, D)
             weights = weights.unflatten(2, (groups, lq)).transpose(1, 2).flatten(0, 1) if return_weights else None
@@ -199,7 +208,9 @@ class MultiHeadAttention(nn.Module):
     def _broadcastable(self, mask: Tensor, b: int, lq: int, lk: int) -> Tensor:
         shape = (b, self.num_heads, lq, lk)
         if mask.dim() > 4:
-            raise ValueError(f"mask must have at most 4 dims broadcastable to (B, H, Lq, Lk) = {shape}, got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must have at most 4 dims broadcastable to (B, H, Lq, Lk) = {shape}, got {tuple(mask.shape)}"
+            )
         full = (1,) * (4 - mask.dim()) + tuple(mask.shape)
         if any(m not in (1, s) for m, s in zip(full, shape)):
             raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to (B, H, Lq, Lk) = {shape}")

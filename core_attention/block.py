@@ -39,10 +39,16 @@ class TransformerBlock(nn.Module):
         super().__init__()
         norm = partial(nn.LayerNorm, dim, eps=norm_eps)
         attn = partial(
-            MultiHeadAttention, dim, num_heads,
-            num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
-            attn_drop=attn_drop, proj_drop=proj_drop, norm_eps=norm_eps,
-        )  # fmt: skip
+            MultiHeadAttention,
+            dim,
+            num_heads,
+            num_kv_heads=num_kv_heads,
+            qkv_bias=qkv_bias,
+            qk_norm=qk_norm,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            norm_eps=norm_eps,
+        )
         scale = lambda: LayerScale(dim, init_values) if init_values else nn.Identity()  # noqa: E731
 
         self.norm1 = norm()
@@ -73,7 +79,9 @@ class TransformerBlock(nn.Module):
         cross_cache: KVCache | None = None,
     ) -> Tensor:
         """x: (B, L, dim); context: (B, Lc, dim) for the cross-attention branch. Returns (B, L, dim)."""
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache)))
+        x = x + self.drop_path1(
+            self.ls1(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache))
+        )
         if self.cross_attn is not None:
             if context is None and (cross_cache is None or cross_cache.length == 0):
                 raise ValueError("this block has cross-attention: pass `context` (e.g. the encoder output)")

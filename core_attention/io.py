@@ -38,7 +38,9 @@ def check_writable(path: str | Path, *, folder: bool = False, what: str = "outpu
     return path
 
 
-def save_safetensors(path: str | Path, state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | None = None) -> Path:
+def save_safetensors(
+    path: str | Path, state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | None = None
+) -> Path:
     """Save tensors (shared storage made contiguous copies) with `config` as JSON in the metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,9 @@ def load_safetensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, T
             metadata = f.metadata() or {}
         state_dict = load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a valid safetensors file (corrupt, truncated or another format?): {err}") from None
+        raise ValueError(
+            f"{path} is not a valid safetensors file (corrupt, truncated or another format?): {err}"
+        ) from None
     return state_dict, json.loads(metadata.get("config", "{}"))
 
 
@@ -84,10 +88,16 @@ def load_state_dict_checked(
         if shapes:
             lines += ["  shape mismatches:"] + [f"    {s}" for s in shapes[:10]]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+            lines.append(
+                f"  missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+            )
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-        lines.append("Build the model with the config the weights were saved with (see the config stored next to them).")
+            lines.append(
+                f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+            )
+        lines.append(
+            "Build the model with the config the weights were saved with (see the config stored next to them)."
+        )
         raise ValueError("\n".join(lines))
     with torch.no_grad():
         model.load_state_dict(state_dict, strict=True)

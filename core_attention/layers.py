@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 # Inputs of at most this many rows take the decoding-step product of `linear` (0 turns it off: the benchmark's
 # reference). On an AVX2 EPYC it beat F.linear from 2 to 32 rows; 16 covers a step of 8 prompts with guidance.
 MAX_FAST_ROWS = 16
@@ -32,7 +31,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return F.linear(x, weight, bias)
     *lead, n_in = x.shape
     x_rows = x.reshape(-1, n_in).contiguous()  # (R, in): the fast kernel reads x by rows
-    out = torch.mm(weight, x_rows.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x_rows.t())  # (out, R)
+    out = (
+        torch.mm(weight, x_rows.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, x_rows.t())
+    )  # (out, R)
     return out.t().view(*lead, -1)
 
 

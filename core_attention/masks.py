@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+
 def causal_mask(lq: int, lk: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
     """(Lq, Lk) lower-triangular mask aligned to the lower right: query i sits at key position Lk - Lq + i."""
     lk = lq if lk is None else lk
@@ -16,7 +17,9 @@ def causal_mask(lq: int, lk: int | None = None, *, device: torch.device | str | 
 def key_padding_mask(is_pad: Tensor) -> Tensor:
     """(B, Lk) bool, True at padding -> (B, 1, 1, Lk) mask that hides the padded keys."""
     if is_pad.dim() != 2 or is_pad.dtype != torch.bool:
-        raise ValueError(f"key_padding_mask expects a bool tensor (B, Lk) with True at padding, got {tuple(is_pad.shape)} {is_pad.dtype}")
+        raise ValueError(
+            f"key_padding_mask expects a bool tensor (B, Lk) with True at padding, got {tuple(is_pad.shape)} {is_pad.dtype}"
+        )
     return ~is_pad[:, None, None, :]
 
 

@@ -49,7 +49,9 @@ class SinusoidalPositionalEncoding(nn.Module):
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         end = offset + x.shape[1]
         if end > self.table.shape[0]:
-            raise ValueError(f"sequence reaches position {end} but the positional table has max_len {self.table.shape[0]}")
+            raise ValueError(
+                f"sequence reaches position {end} but the positional table has max_len {self.table.shape[0]}"
+            )
         return x + self.table[offset:end].to(x.dtype)
 
 
@@ -63,7 +65,9 @@ class LearnedPositionalEmbedding(nn.Module):
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         end = offset + x.shape[1]
         if end > self.weight.shape[0]:
-            raise ValueError(f"sequence reaches position {end} but the learned table has max_len {self.weight.shape[0]}")
+            raise ValueError(
+                f"sequence reaches position {end} but the learned table has max_len {self.weight.shape[0]}"
+            )
         return x + self.weight[offset:end]
 
 
@@ -108,7 +112,6 @@ class AxialRotaryEmbedding(nn.Module):
         cos_r, sin_r = self.rows(rows)
         cos_c, sin_c = self.cols(cols)
         return _interleave_halves(cos_r, cos_c), _interleave_halves(sin_r, sin_c)
-
 
 
 def _interleave_halves(a: Tensor, b: Tensor) -> Tensor:

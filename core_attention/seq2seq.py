@@ -7,10 +7,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .layers import Linear, init_weights
 from .masks import key_padding_mask
 from .positions import SinusoidalPositionalEncoding
 from .stacks import Decoder, Encoder
-from .layers import Linear, init_weights
 
 
 class Seq2SeqTransformer(nn.Module):

@@ -50,11 +50,19 @@ class _Stack(nn.Module):
         drop_path = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                dim, num_heads,
-                mlp_ratio=mlp_ratio, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
-                cross_attention=cross_attention, proj_drop=dropout, attn_drop=attn_drop,
-                init_values=init_values, drop_path=drop_path[i], norm_eps=norm_eps,
-            )  # fmt: skip
+                dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                num_kv_heads=num_kv_heads,
+                qkv_bias=qkv_bias,
+                qk_norm=qk_norm,
+                cross_attention=cross_attention,
+                proj_drop=dropout,
+                attn_drop=attn_drop,
+                init_values=init_values,
+                drop_path=drop_path[i],
+                norm_eps=norm_eps,
+            )
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
@@ -106,7 +114,9 @@ class Decoder(_Stack):
         ref = self.norm.weight
         dtype, device = dtype or ref.dtype, device or ref.device
         head_dim = self.dim // self.num_heads
-        make = lambda n, static: KVCache(batch_size, n, self.num_kv_heads, head_dim, dtype=dtype, device=device, static=static)  # noqa: E731
+        make = lambda n, static: KVCache(
+            batch_size, n, self.num_kv_heads, head_dim, dtype=dtype, device=device, static=static
+        )  # noqa: E731
         self_attn = [make(max_len, False) for _ in self.blocks]
         if not self.cross_attention:
             return DecoderCache(self_attn)
@@ -129,9 +139,14 @@ class Decoder(_Stack):
             raise ValueError(f"got {len(masks)} per-layer masks for a decoder of depth {len(self.blocks)}")
         for i, block in enumerate(self.blocks):
             x = self._run_block(
-                block, x, context,
-                mask=masks[i], is_causal=masks[i] is None, context_mask=context_mask, rope=rope,
+                block,
+                x,
+                context,
+                mask=masks[i],
+                is_causal=masks[i] is None,
+                context_mask=context_mask,
+                rope=rope,
                 cache=cache.self_attn[i] if cache is not None else None,
                 cross_cache=cache.cross_attn[i] if cache is not None and cache.cross_attn is not None else None,
-            )  # fmt: skip
+            )
         return self.norm(x)

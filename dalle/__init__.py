@@ -48,8 +48,9 @@ class _MovedModule(types.ModuleType):
             if hasattr(module, name):
                 warnings.warn(f"{self.__name__} moved: import {name} from {target}", DeprecationWarning, stacklevel=2)
                 return getattr(module, name)
-        raise AttributeError(f"module {self.__name__!r} (moved to {', '.join(MOVED_MODULES[self.__name__])}) has no "
-                             f"attribute {name!r}")
+        raise AttributeError(
+            f"module {self.__name__!r} (moved to {', '.join(MOVED_MODULES[self.__name__])}) has no attribute {name!r}"
+        )
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

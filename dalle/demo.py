@@ -67,9 +67,25 @@ def train_vit(out: Path, budget: dict[str, list[str]]) -> dict[str, Path]:
     ckpt = root / "checkpoints" / "last.ckpt"
     config = "configs/vit/digits.yaml"
     if not ckpt.is_file():
-        run("ViT on the bundled digits: fit", "vit", "fit", "--config", config, f"--trainer.default_root_dir={root}",
-            RESUME, *budget["vit"])
-    run("ViT: test accuracy", "vit", "test", "--config", config, f"--trainer.default_root_dir={root}", f"--ckpt_path={ckpt}")
+        run(
+            "ViT on the bundled digits: fit",
+            "vit",
+            "fit",
+            "--config",
+            config,
+            f"--trainer.default_root_dir={root}",
+            RESUME,
+            *budget["vit"],
+        )
+    run(
+        "ViT: test accuracy",
+        "vit",
+        "test",
+        "--config",
+        config,
+        f"--trainer.default_root_dir={root}",
+        f"--ckpt_path={ckpt}",
+    )
     image = write_digit_image(root / "digit.png")
     attention = root / "attention.png"
     run("ViT: attention rollout", "vit", "attention", str(image), "--checkpoint", str(ckpt), "--out", str(attention))
@@ -92,31 +108,83 @@ def write_digit_image(path: Path) -> Path:
 def train_dalle(out: Path, budget: dict[str, list[str]]) -> dict[str, Path]:
     vae_dir, dalle_root = out / "dvae", out / "dalle"
     if not (vae_dir / "dvae" / "model.safetensors").is_file():
-        run("dVAE on captioned shapes: fit", "dalle", "fit-vae", "--config", "configs/dalle/shapes_vae.yaml", RESUME,
-            f"--trainer.default_root_dir={vae_dir}", f"--trainer.logger.init_args.save_dir={vae_dir}",
-            f"--model.export_dir={vae_dir / 'dvae'}", *budget["dvae"])  # fmt: skip
+        run(
+            "dVAE on captioned shapes: fit",
+            "dalle",
+            "fit-vae",
+            "--config",
+            "configs/dalle/shapes_vae.yaml",
+            RESUME,
+            f"--trainer.default_root_dir={vae_dir}",
+            f"--trainer.logger.init_args.save_dir={vae_dir}",
+            f"--model.export_dir={vae_dir / 'dvae'}",
+            *budget["dvae"],
+        )
     ckpt = dalle_root / "checkpoints" / "last.ckpt"
     if not (dalle_root / "dalle" / "model.safetensors").is_file():  # exported at the end of fit: the stage is done
-        run("DALL·E on captioned shapes: fit", "dalle", "fit", "--config", "configs/dalle/shapes.yaml", RESUME,
-            f"--trainer.default_root_dir={dalle_root}", f"--model.vae_path={vae_dir / 'dvae'}",
-            f"--model.export_dir={dalle_root / 'dalle'}", *budget["dalle"])  # fmt: skip
+        run(
+            "DALL·E on captioned shapes: fit",
+            "dalle",
+            "fit",
+            "--config",
+            "configs/dalle/shapes.yaml",
+            RESUME,
+            f"--trainer.default_root_dir={dalle_root}",
+            f"--model.vae_path={vae_dir / 'dvae'}",
+            f"--model.export_dir={dalle_root / 'dalle'}",
+            *budget["dalle"],
+        )
     grid = out / "generated" / "grid.png"
-    run("DALL·E: generate", "dalle", "generate", *PROMPTS, "-n", "4", "--checkpoint", str(ckpt), "--out", str(grid),
-        "--seed", "0", *SAMPLING)  # fmt: skip
+    run(
+        "DALL·E: generate",
+        "dalle",
+        "generate",
+        *PROMPTS,
+        "-n",
+        "4",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(grid),
+        "--seed",
+        "0",
+        *SAMPLING,
+    )
     report_dir = out / "evaluate"
-    run("DALL·E: prompt adherence", "dalle", "evaluate", "--checkpoint", str(ckpt), "--out", str(report_dir),
-        "--classifier", str(out / "attributes"), *SAMPLING, *budget["evaluate"])  # fmt: skip
+    run(
+        "DALL·E: prompt adherence",
+        "dalle",
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(report_dir),
+        "--classifier",
+        str(out / "attributes"),
+        *SAMPLING,
+        *budget["evaluate"],
+    )
     return {
-        "dVAE": vae_dir / "dvae", "dVAE reconstructions": vae_dir / "logs", "DALL·E checkpoint": ckpt,
-        "DALL·E samples": dalle_root / "lightning_logs", "generated grid": grid,
-        "evaluation report": report_dir / "report.json", "evaluation grids": report_dir,
-    }  # fmt: skip
+        "dVAE": vae_dir / "dvae",
+        "dVAE reconstructions": vae_dir / "logs",
+        "DALL·E checkpoint": ckpt,
+        "DALL·E samples": dalle_root / "lightning_logs",
+        "generated grid": grid,
+        "evaluation report": report_dir / "report.json",
+        "evaluation grids": report_dir,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dalle demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where everything is written (default: runs/demo)")
-    parser.add_argument("--quick", action="store_true", help="train each model for a few hundred steps only (a smoke run, poor images)")
+    parser = argparse.ArgumentParser(
+        prog="python -m dalle demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="where everything is written (default: runs/demo)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="train each model for a few hundred steps only (a smoke run, poor images)"
+    )
     args = parser.parse_args(argv)
     start = time.time()
     budget = BUDGETS["quick" if args.quick else "full"]

@@ -27,7 +27,6 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from core_attention.io import load_checkpoint, load_state_dict_checked
-
 from dalle.transformer.model import DALLE, DALLEConfig, available_memory
 from dalle.transformer.sampling import check_sampling_args
 from dalle.transformer.tokenizer import BPETokenizer
@@ -71,7 +70,7 @@ def check_prompts(prompts: str | Sequence[str], *, allow_empty: bool) -> list[st
             raise TypeError(f"prompts[{i}] is {prompt!r} ({type(prompt).__name__}): every prompt must be a str")
     prompts = list(prompts)
     if not prompts:
-        raise ValueError("no prompts given: pass at least one text (an empty string \"\" asks for unconditional images)")
+        raise ValueError('no prompts given: pass at least one text (an empty string "" asks for unconditional images)')
     if not allow_empty and any(not p.strip() for p in prompts):
         raise ValueError(
             "an empty prompt gives unconditional images: allow it explicitly with unconditional=True (--unconditional), "
@@ -88,7 +87,9 @@ def prime_ids(vae: DiscreteVAE, image: Tensor, rows: int, count: int) -> Tensor:
     if image.dim() == 3:
         image = image[None]
     if image.dim() != 4 or image.shape[1] != vae.channels:
-        raise ValueError(f"prime image must be ({vae.channels}, H, W) or (B, {vae.channels}, H, W) in [0, 1], got {tuple(image.shape)}")
+        raise ValueError(
+            f"prime image must be ({vae.channels}, H, W) or (B, {vae.channels}, H, W) in [0, 1], got {tuple(image.shape)}"
+        )
     if image.shape[-2:] != (vae.image_size, vae.image_size):
         raise ValueError(
             f"prime image is {image.shape[-2]}x{image.shape[-1]} but this model makes {vae.image_size}x{vae.image_size} "
@@ -169,9 +170,15 @@ def generate_images(
     for start in range(0, total, batch_size):
         end = min(start + batch_size, total)
         ids[start:end] = model.generate(
-            text[start:end], temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale,
-            generator=generator, prime=None if prime is None else prime[start:end], use_cache=use_cache,
-        ).cpu()  # fmt: skip
+            text[start:end],
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            prime=None if prime is None else prime[start:end],
+            use_cache=use_cache,
+        ).cpu()
     images = torch.cat([decode(vae, ids[s : s + batch_size]) for s in range(0, total, batch_size)])  # (P*C, 3, H, W)
 
     P = len(prompts)
@@ -203,7 +210,9 @@ def decode(vae: DiscreteVAE, ids: Tensor) -> Tensor:
     return vae.decode(ids.to(next(vae.parameters()).device)).float().cpu()
 
 
-def save_images(images: Tensor, out: str | Path, *, individual_dir: str | Path | None = None, padding: int = 2) -> list[Path]:
+def save_images(
+    images: Tensor, out: str | Path, *, individual_dir: str | Path | None = None, padding: int = 2
+) -> list[Path]:
     """Save (P, n, 3, H, W) images as one grid (a row per prompt) at `out`, and each image as
     ``<individual_dir>/<out stem>_<prompt>_<image>.png`` (default folder: ``<out stem>/`` next to `out`)."""
     from torchvision.utils import make_grid, save_image
@@ -234,8 +243,10 @@ def load_reranker(spec: str, checkpoint: str | None = None) -> Reranker:
     """
     if spec in RERANKERS:
         if checkpoint is None:
-            raise ValueError(f"--rerank {spec} needs --rerank-checkpoint: for CLIP a path, hf-hub:<repo> or a name such "
-                             "as ViT-B-32/openai (see vit.clip.PRETRAINED)")
+            raise ValueError(
+                f"--rerank {spec} needs --rerank-checkpoint: for CLIP a path, hf-hub:<repo> or a name such "
+                "as ViT-B-32/openai (see vit.clip.PRETRAINED)"
+            )
         spec = RERANKERS[spec]
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -258,32 +269,44 @@ def load_prime_image(path: str, size: int, resize: bool) -> Tensor:
     image = Image.open(path).convert("RGB")
     if image.size != (size, size):
         if not resize:
-            raise ValueError(f"--prime-image {path} is {image.size[0]}x{image.size[1]} but the model makes {size}x{size} images; pass --prime-resize")
+            raise ValueError(
+                f"--prime-image {path} is {image.size[0]}x{image.size[1]} but the model makes {size}x{size} images; pass --prime-resize"
+            )
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return pil_to_tensor(image).float() / 255
 
 
-def load_pipeline(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DALLE, BPETokenizer, DiscreteVAE]:
+def load_pipeline(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[DALLE, BPETokenizer, DiscreteVAE]:
     """(model, tokenizer, dVAE) in eval mode from a ``fit`` checkpoint (.ckpt) or an exported folder.
 
     Checkpoints are read with ``weights_only=True``; weights must match their saved configs exactly (strict)."""
     path = Path(path)
     if path.is_dir():
         if not (path / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{path} is not an exported DALLE folder (no model.safetensors; expected also tokenizer.json and vae/)")
+            raise FileNotFoundError(
+                f"{path} is not an exported DALLE folder (no model.safetensors; expected also tokenizer.json and vae/)"
+            )
         model = DALLE.from_pretrained(path, map_location)
         vae = DiscreteVAE.from_pretrained(path / "vae", map_location=map_location)
         return model, BPETokenizer.load(path / "tokenizer.json"), vae.eval()
     ckpt = load_checkpoint(path, map_location=map_location)
-    missing = [k for k in ("state_dict", "dalle_config", "vae_config", "vae_state_dict", "tokenizer_json") if k not in ckpt]
+    missing = [
+        k for k in ("state_dict", "dalle_config", "vae_config", "vae_state_dict", "tokenizer_json") if k not in ckpt
+    ]
     if missing:
         raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit` (it lacks {', '.join(missing)})")
     state = ckpt["state_dict"]
     model = DALLE(DALLEConfig.from_dict(ckpt["dalle_config"]))
-    load_state_dict_checked(model, {k[6:]: v for k, v in state.items() if k.startswith("model.")}, source=f"checkpoint {path}")
+    load_state_dict_checked(
+        model, {k[6:]: v for k, v in state.items() if k.startswith("model.")}, source=f"checkpoint {path}"
+    )
     vae = DiscreteVAE.from_config(ckpt["vae_config"])
     vae.load_weights(ckpt["vae_state_dict"])
     tokenizer = BPETokenizer(Tokenizer.from_str(ckpt["tokenizer_json"]))
     if tokenizer.vocab_size != model.config.text_vocab_size:
-        raise ValueError(f"{path}: tokenizer vocab {tokenizer.vocab_size} != model text_vocab_size {model.config.text_vocab_size}")
+        raise ValueError(
+            f"{path}: tokenizer vocab {tokenizer.vocab_size} != model text_vocab_size {model.config.text_vocab_size}"
+        )
     return model.to(map_location).eval(), tokenizer, vae.to(map_location).eval()

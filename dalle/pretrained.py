@@ -22,16 +22,32 @@ from huggingface_hub import snapshot_download
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dalle.pipeline import GenerationResult, load_prime_image, check_prompts, keep_best, load_reranker, prime_ids, save_images
-from dalle.transformer.model import available_memory
+from dalle.pipeline import (
+    GenerationResult,
+    check_prompts,
+    keep_best,
+    load_prime_image,
+    load_reranker,
+    prime_ids,
+    save_images,
+)
 from dalle.transformer.bart import DalleBart, DalleBartConfig
 from dalle.transformer.bart_tokenizer import BartTokenizer
 from dalle.transformer.bart_weights import config_from_flax, load_dalle_bart
+from dalle.transformer.model import available_memory
 from dalle.vae.vqgan import VQGAN
 from dalle.vae.vqgan_weights import load_vqgan
 
-__all__ = ["PRETRAINED", "Pretrained", "convert_main", "convert_pretrained", "generate_pretrained",
-           "generate_pretrained_main", "load_pretrained", "memory_needed"]
+__all__ = [
+    "PRETRAINED",
+    "Pretrained",
+    "convert_main",
+    "convert_pretrained",
+    "generate_pretrained",
+    "generate_pretrained_main",
+    "load_pretrained",
+    "memory_needed",
+]
 
 # name -> (Hugging Face repo, the files it needs); the VQGAN is shared by both.
 _BART_FILES = ("config.json", "flax_model.msgpack", "vocab.json", "merges.txt", "tokenizer.json")
@@ -73,8 +89,10 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, Path]:
     for vqgan in (path / "vqgan", path.parent / "vqgan"):
         if vqgan.is_dir():
             return path, vqgan
-    raise FileNotFoundError(f"no VQGAN folder next to the weights in {path}: expected {path / 'vqgan'} "
-                            f"(our folder, dalle-mini's flax files) or {path.parent / 'vqgan'} (min-dalle's layout)")
+    raise FileNotFoundError(
+        f"no VQGAN folder next to the weights in {path}: expected {path / 'vqgan'} "
+        f"(our folder, dalle-mini's flax files) or {path.parent / 'vqgan'} (min-dalle's layout)"
+    )
 
 
 def _num_params(path: Path) -> int | None:
@@ -171,8 +189,10 @@ def generate_pretrained(
     need, free = model.generation_bytes(rows), available_memory(model.device)
     if free is not None and need > 0.9 * free:
         fits = max(1, int(batch_size * 0.9 * free / need))
-        raise MemoryError(f"decoding {rows} rows at once needs about {need / 2**30:.1f} GiB beside the weights but "
-                          f"{free / 2**30:.1f} GiB is free on {model.device}: use a smaller --batch-size (e.g. {fits})")
+        raise MemoryError(
+            f"decoding {rows} rows at once needs about {need / 2**30:.1f} GiB beside the weights but "
+            f"{free / 2**30:.1f} GiB is free on {model.device}: use a smaller --batch-size (e.g. {fits})"
+        )
     prime = prime_ids(pipe.vqgan, prime_image, prime_rows, total) if prime_image is not None else None
     if prime is None and prime_rows:
         raise ValueError("prime_rows given without a prime image")
@@ -185,14 +205,21 @@ def generate_pretrained(
         for start in range(0, total, batch_size):
             end = min(start + batch_size, total)
             ids[start:end] = model.generate(
-                text[start:end], uncond, temperature=temperature, top_k=top_k, top_p=top_p,
-                guidance_scale=guidance_scale, generator=generator, prime=None if prime is None else prime[start:end],
+                text[start:end],
+                uncond,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                prime=None if prime is None else prime[start:end],
                 on_step=lambda _, n=end - start: bar.update(n),
             ).cpu()
     images = torch.cat([pipe.vqgan.decode(ids[s : s + batch_size]).cpu() for s in range(0, total, batch_size)])
     P = len(prompts)
-    return GenerationResult(prompts, images.view(P, num_images, *images.shape[1:]), ids.view(P, num_images, -1),
-                            None, seed)
+    return GenerationResult(
+        prompts, images.view(P, num_images, *images.shape[1:]), ids.view(P, num_images, -1), None, seed
+    )
 
 
 def generate_pretrained_main(args: argparse.Namespace) -> int:
@@ -207,10 +234,18 @@ def generate_pretrained_main(args: argparse.Namespace) -> int:
     pipe = load_pretrained(args.pretrained, dtype=dtype, device=args.device)
     prime = load_prime_image(args.prime_image, pipe.vqgan.image_size, args.prime_resize) if args.prime_image else None
     result = generate_pretrained(
-        pipe, args.prompts, num_images=candidates, batch_size=args.batch_size, temperature=args.temperature,
-        top_k=256 if args.top_k is None else args.top_k, top_p=args.top_p,
+        pipe,
+        args.prompts,
+        num_images=candidates,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_k=256 if args.top_k is None else args.top_k,
+        top_p=args.top_p,
         guidance_scale=16.0 if args.guidance_scale is None else args.guidance_scale,
-        seed=args.seed, prime_image=prime, prime_rows=args.prime_rows, progress=True,
+        seed=args.seed,
+        prime_image=prime,
+        prime_rows=args.prime_rows,
+        progress=True,
     )
     if rerank is not None:
         result = keep_best(result, rerank, args.num_images)
@@ -231,8 +266,12 @@ def convert_main(argv: list[str]) -> int:
     )
     p.add_argument("source", help="mini, mega (downloaded from Hugging Face), or a folder of flax / min-dalle weights")
     p.add_argument("out", help="the folder to write")
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
-                   help="dtype of the stored transformer weights (default fp16: half the size of the flax files)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp16", "bf16", "fp32"),
+        default="fp16",
+        help="dtype of the stored transformer weights (default fp16: half the size of the flax files)",
+    )
     args = p.parse_args(argv)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     print(f"wrote {convert_pretrained(args.source, args.out, dtype=dtype)}")

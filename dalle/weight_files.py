@@ -119,8 +119,9 @@ def read_torch_state_dict(
     except FileNotFoundError:
         raise
     except Exception as err:  # damaged files raise RuntimeError, UnpicklingError or zipfile errors, depending on where
-        raise WeightsError(f"cannot read {path}: {type(err).__name__}: {err} (the file is damaged or truncated: "
-                           "download it again)") from None
+        raise WeightsError(
+            f"cannot read {path}: {type(err).__name__}: {err} (the file is damaged or truncated: download it again)"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict of tensors")
     return {k: v.to(device, dtype if dtype is not None and v.is_floating_point() else None) for k, v in state.items()}

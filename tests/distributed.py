@@ -65,10 +65,21 @@ def train_weights(
     # ddp_spawn with a short collective timeout: a collective that only some ranks reach fails instead of hanging 30 min
     strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=120)) if devices > 1 else "auto"
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy,
-        accumulate_grad_batches=accumulate, max_steps=max_steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        callbacks=[RecordRanks(devices)], default_root_dir=root, use_distributed_sampler=False, **trainer_kwargs,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        accumulate_grad_batches=accumulate,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[RecordRanks(devices)],
+        default_root_dir=root,
+        use_distributed_sampler=False,
+        **trainer_kwargs,
+    )
     trainer.fit(module, FixedOrder(make_data()))
     return {k: v.detach().clone() for k, v in module.state_dict().items()}

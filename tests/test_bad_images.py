@@ -43,8 +43,16 @@ def test_vit_image_folder_skips_unreadable_files_naming_each(tmp_path):
             for i in range(3):
                 good_image(tmp_path / split / cls / f"{i}.png")
     bad = bad_files(tmp_path / "train" / "cat")
-    data = ImageFolderDataModule(str(tmp_path / "train"), str(tmp_path / "val"), img_size=16, batch_size=2,
-                                 num_workers=0, auto_augment=None, re_prob=0.0, shuffle=False)
+    data = ImageFolderDataModule(
+        str(tmp_path / "train"),
+        str(tmp_path / "val"),
+        img_size=16,
+        batch_size=2,
+        num_workers=0,
+        auto_augment=None,
+        re_prob=0.0,
+        shuffle=False,
+    )
     data.setup("fit")
     count, messages = load_all(data.train_dataloader())
     assert count == 10  # every item of the epoch was served (drop_last: 10 = 5 full batches of 2)

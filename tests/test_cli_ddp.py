@@ -22,19 +22,32 @@ REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
 
 COMMON = [
-    "--seed_everything", "0",
-    "--trainer.accelerator", "cpu",
-    "--trainer.max_steps", "2",
-    "--trainer.max_epochs", "-1",
-    "--trainer.precision", "64-true",
-    "--trainer.limit_val_batches", "0",
-    "--trainer.num_sanity_val_steps", "0",
-    "--trainer.val_check_interval", "null",
-    "--trainer.check_val_every_n_epoch", "1",
-    "--trainer.max_time", "null",
-    "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
+    "--seed_everything",
+    "0",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.max_steps",
+    "2",
+    "--trainer.max_epochs",
+    "-1",
+    "--trainer.precision",
+    "64-true",
+    "--trainer.limit_val_batches",
+    "0",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--trainer.val_check_interval",
+    "null",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.max_time",
+    "null",
+    "--trainer.logger",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
 ]
 
 
@@ -49,8 +62,19 @@ def run_cli(command: list[str], root: Path, *, devices: int, accumulate: int = 1
     returns its output."""
     launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={devices}", f"--master_port={free_port()}"]
     launcher = launcher if torchrun else []
-    args = [sys.executable, *launcher, "-m", *command, *COMMON, "--trainer.default_root_dir", str(root),
-            "--trainer.devices", str(devices), "--trainer.accumulate_grad_batches", str(accumulate)]
+    args = [
+        sys.executable,
+        *launcher,
+        "-m",
+        *command,
+        *COMMON,
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.devices",
+        str(devices),
+        "--trainer.accumulate_grad_batches",
+        str(accumulate),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     log = root.parent / f"{root.name}.log"  # a file, not a pipe: a stray rank cannot keep the test waiting for EOF
     with open(log, "w") as sink:
@@ -101,19 +125,48 @@ def tiny_dvae(folder: Path) -> Path:
     return folder
 
 
-SHAPES_16 = ["--data.init_args.image_size", "16", "--data.init_args.num_train", "64", "--data.init_args.num_val", "8",
-             "--data.init_args.num_workers", "0", "--data.init_args.shuffle", "false"]
+SHAPES_16 = [
+    "--data.init_args.image_size",
+    "16",
+    "--data.init_args.num_train",
+    "64",
+    "--data.init_args.num_val",
+    "8",
+    "--data.init_args.num_workers",
+    "0",
+    "--data.init_args.shuffle",
+    "false",
+]
 
 
 @pytest.mark.slow
 def test_vit_fit_two_processes_equal_accumulation(tmp_path):
     # The recipe keeps EMA weights: with them registered as trainable, DDP failed at the first step.
     command = [
-        "vit", "fit", "--config", "configs/vit/digits.yaml",
-        "--model.arch.img_size", "8", "--model.arch.embed_dim", "32", "--model.arch.depth", "2",
-        "--model.arch.drop_path_rate", "0", "--model.mixup_alpha", "0",
-        "--data.init_args.img_size", "8", "--data.init_args.batch_size", "8", "--data.init_args.crop_padding", "0",
-        "--data.init_args.rotate_degrees", "0", "--data.init_args.shuffle", "false",
+        "vit",
+        "fit",
+        "--config",
+        "configs/vit/digits.yaml",
+        "--model.arch.img_size",
+        "8",
+        "--model.arch.embed_dim",
+        "32",
+        "--model.arch.depth",
+        "2",
+        "--model.arch.drop_path_rate",
+        "0",
+        "--model.mixup_alpha",
+        "0",
+        "--data.init_args.img_size",
+        "8",
+        "--data.init_args.batch_size",
+        "8",
+        "--data.init_args.crop_padding",
+        "0",
+        "--data.init_args.rotate_degrees",
+        "0",
+        "--data.init_args.shuffle",
+        "false",
     ]
     assert_ddp_equals_accumulation(command, tmp_path)
     ckpt = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -133,10 +186,29 @@ def test_dalle_fit_two_processes_equal_accumulation(tmp_path):
     captions = ShapesDataModule(image_size=16, num_train=64).train_captions()
     tokenizer = BPETokenizer.train(captions, 200).save(tmp_path / "tokenizer.json")
     command = [
-        "dalle", "fit", "--config", "configs/dalle/shapes.yaml", "--model.vae_path", str(tiny_dvae(tmp_path / "vae")),
-        "--model.tokenizer_path", str(tokenizer), "--model.tokenizer_vocab_size", "200", "--model.dim", "32",
-        "--model.depth", "2", "--model.caption_dropout", "0", "--model.sample_images_per_prompt", "0",
-        "--model.export_dir", "null", "--data.init_args.batch_size", "4", *SHAPES_16,
+        "dalle",
+        "fit",
+        "--config",
+        "configs/dalle/shapes.yaml",
+        "--model.vae_path",
+        str(tiny_dvae(tmp_path / "vae")),
+        "--model.tokenizer_path",
+        str(tokenizer),
+        "--model.tokenizer_vocab_size",
+        "200",
+        "--model.dim",
+        "32",
+        "--model.depth",
+        "2",
+        "--model.caption_dropout",
+        "0",
+        "--model.sample_images_per_prompt",
+        "0",
+        "--model.export_dir",
+        "null",
+        "--data.init_args.batch_size",
+        "4",
+        *SHAPES_16,
     ]
     assert_ddp_equals_accumulation(command, tmp_path)
 
@@ -144,10 +216,32 @@ def test_dalle_fit_two_processes_equal_accumulation(tmp_path):
 @pytest.mark.slow
 def test_fit_classifier_two_processes_equal_accumulation(tmp_path):
     command = [
-        "dalle", "fit-classifier", "--config", "configs/dalle/attributes.yaml",
-        "--model.arch.embed_dim", "32", "--model.noise_std", "0", "--model.brightness", "0", "--model.export_dir", "null",
-        "--data.image_size", "16", "--data.num_train", "64", "--data.num_val", "8", "--data.num_test", "8",
-        "--data.batch_size", "4", "--data.jitter", "0", "--data.shuffle", "false",
+        "dalle",
+        "fit-classifier",
+        "--config",
+        "configs/dalle/attributes.yaml",
+        "--model.arch.embed_dim",
+        "32",
+        "--model.noise_std",
+        "0",
+        "--model.brightness",
+        "0",
+        "--model.export_dir",
+        "null",
+        "--data.image_size",
+        "16",
+        "--data.num_train",
+        "64",
+        "--data.num_val",
+        "8",
+        "--data.num_test",
+        "8",
+        "--data.batch_size",
+        "4",
+        "--data.jitter",
+        "0",
+        "--data.shuffle",
+        "false",
     ]
     assert_ddp_equals_accumulation(command, tmp_path)
 
@@ -155,11 +249,27 @@ def test_fit_classifier_two_processes_equal_accumulation(tmp_path):
 @pytest.mark.slow
 def test_seq2seq_two_processes_equal_accumulation(tmp_path):
     command = [
-        "core_attention.examples.seq2seq", "fit", "--config", "configs/seq2seq/reverse.yaml",
-        "--model.dim", "16", "--model.num_layers", "1", "--model.warmup_steps", "1",
+        "core_attention.examples.seq2seq",
+        "fit",
+        "--config",
+        "configs/seq2seq/reverse.yaml",
+        "--model.dim",
+        "16",
+        "--model.num_layers",
+        "1",
+        "--model.warmup_steps",
+        "1",
         # equal lengths: each micro-batch averages its loss over the same number of tokens in both set-ups
-        "--data.min_len", "6", "--data.max_len", "6", "--data.num_train", "64", "--data.batch_size", "8",
-        "--data.shuffle", "false",
+        "--data.min_len",
+        "6",
+        "--data.max_len",
+        "6",
+        "--data.num_train",
+        "64",
+        "--data.batch_size",
+        "8",
+        "--data.shuffle",
+        "false",
     ]
     assert_ddp_equals_accumulation(command, tmp_path)
 
@@ -169,10 +279,25 @@ def test_fit_vae_two_processes(tmp_path):
     # Not compared with accumulation: each process draws its own gumbel noise, so the two set-ups relax the codes
     # differently by design. DDP keeps the ranks' weights identical; this checks the launch, the run and the export.
     command = [
-        "dalle", "fit-vae", "--config", "configs/dalle/shapes_vae.yaml", "--model.image_size", "16",
-        "--model.num_tokens", "32", "--model.hidden_dim", "8", "--model.codebook_dim", "8",
-        "--model.num_recon_images", "0", "--model.export_dir", str(tmp_path / "dvae"),
-        "--data.init_args.batch_size", "4", *SHAPES_16,
+        "dalle",
+        "fit-vae",
+        "--config",
+        "configs/dalle/shapes_vae.yaml",
+        "--model.image_size",
+        "16",
+        "--model.num_tokens",
+        "32",
+        "--model.hidden_dim",
+        "8",
+        "--model.codebook_dim",
+        "8",
+        "--model.num_recon_images",
+        "0",
+        "--model.export_dir",
+        str(tmp_path / "dvae"),
+        "--data.init_args.batch_size",
+        "4",
+        *SHAPES_16,
     ]
     run_cli(command, tmp_path / "two", devices=2)
     trained_checkpoint(tmp_path / "two")
@@ -184,12 +309,33 @@ def test_fit_reranker_two_processes(tmp_path):
     # Not compared with accumulation: the contrastive loss takes its negatives from the process's own batch, and
     # DDP's batches interleave the samples that accumulation sees in two consecutive micro-batches.
     command = [
-        "dalle", "fit-reranker", "--config", "configs/dalle/reranker.yaml",
-        "--model.config.text_vocab_size", "200", "--model.config.text_dim", "32", "--model.config.text_depth", "1",
-        "--model.config.image_arch.img_size", "16", "--model.config.image_arch.patch_size", "8",
-        "--model.config.image_arch.embed_dim", "32", "--model.config.image_arch.depth", "1",
-        "--model.config.embed_dim", "32", "--model.tokenizer_captions", "64",
-        "--model.export_dir", str(tmp_path / "export"), "--data.init_args.batch_size", "4", *SHAPES_16,
+        "dalle",
+        "fit-reranker",
+        "--config",
+        "configs/dalle/reranker.yaml",
+        "--model.config.text_vocab_size",
+        "200",
+        "--model.config.text_dim",
+        "32",
+        "--model.config.text_depth",
+        "1",
+        "--model.config.image_arch.img_size",
+        "16",
+        "--model.config.image_arch.patch_size",
+        "8",
+        "--model.config.image_arch.embed_dim",
+        "32",
+        "--model.config.image_arch.depth",
+        "1",
+        "--model.config.embed_dim",
+        "32",
+        "--model.tokenizer_captions",
+        "64",
+        "--model.export_dir",
+        str(tmp_path / "export"),
+        "--data.init_args.batch_size",
+        "4",
+        *SHAPES_16,
     ]
     run_cli(command, tmp_path / "two", devices=2)
     trained_checkpoint(tmp_path / "two")

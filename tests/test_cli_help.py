@@ -85,7 +85,11 @@ def test_the_help_parser_finds_options_without_help() -> None:
     p.add_argument("--bare", type=int, default=3)
     p.add_argument("-q", "--quiet", action="store_true")
     text = p.format_help()
-    assert {name for name, _ in help_entries(text)} >= {"image", "labels", "--a-rather-long-option-name A_RATHER_LONG_OPTION_NAME"}
+    assert {name for name, _ in help_entries(text)} >= {
+        "image",
+        "labels",
+        "--a-rather-long-option-name A_RATHER_LONG_OPTION_NAME",
+    }
     assert options_without_help(text) == ["labels", "--bare BARE", "-q, --quiet"]
     assert _strip_generated("Peak rate. (type: tuple[float, float], default: (0.9, 0.999))") == "Peak rate."
     assert _strip_generated("(type: Optional[Foo], default: null, known subclasses: a.B, c.D)") == ""
@@ -127,25 +131,46 @@ def _strategy_own_options() -> set[str]:
 
 CASES = [
     ("python -m vit", _vit, ["--help"], None),
-    *[(f"python -m vit {c}", _vit, [c, "--help"], None)
-      for c in ("fit", "validate", "test", "predict", "attention", "zero-shot")],
+    *[
+        (f"python -m vit {c}", _vit, [c, "--help"], None)
+        for c in ("fit", "validate", "test", "predict", "attention", "zero-shot")
+    ],
     ("python -m dalle", _dalle, ["--help"], None),
     *[(f"python -m dalle {c}", _dalle, [c, "--help"], None) for c in _dalle_commands()],
     ("python -m core_attention.examples.seq2seq fit", _seq2seq, ["fit", "--help"], None),
     # The project's classes that a command takes by class path: their options show in their own help.
-    *[(f"python -m vit fit --data.help {c}", _vit, ["fit", "--data.help", c], None)
-      for c in ("vit.data.DigitsDataModule", "vit.data.ImageFolderDataModule", "vit.data.CIFARDataModule")],
-    *[(f"python -m dalle fit --data.help {c}", _dalle, ["fit", "--data.help", c], None)
-      for c in ("dalle.data.datamodules.ShapesDataModule", "dalle.data.datamodules.CaptionFolderDataModule",
-                "dalle.data.datamodules.WebDatasetDataModule")],
-    ("python -m dalle fit-vae --data.help dalle.data.image_folder.ImageFolderDataModule", _dalle,
-     ["fit-vae", "--data.help", "dalle.data.image_folder.ImageFolderDataModule"], None),
-    ("python -m vit fit --trainer.callbacks.help core_attention.training.CompileBlocks", _vit,
-     ["fit", "--trainer.callbacks.help", "core_attention.training.CompileBlocks"], None),
+    *[
+        (f"python -m vit fit --data.help {c}", _vit, ["fit", "--data.help", c], None)
+        for c in ("vit.data.DigitsDataModule", "vit.data.ImageFolderDataModule", "vit.data.CIFARDataModule")
+    ],
+    *[
+        (f"python -m dalle fit --data.help {c}", _dalle, ["fit", "--data.help", c], None)
+        for c in (
+            "dalle.data.datamodules.ShapesDataModule",
+            "dalle.data.datamodules.CaptionFolderDataModule",
+            "dalle.data.datamodules.WebDatasetDataModule",
+        )
+    ],
+    (
+        "python -m dalle fit-vae --data.help dalle.data.image_folder.ImageFolderDataModule",
+        _dalle,
+        ["fit-vae", "--data.help", "dalle.data.image_folder.ImageFolderDataModule"],
+        None,
+    ),
+    (
+        "python -m vit fit --trainer.callbacks.help core_attention.training.CompileBlocks",
+        _vit,
+        ["fit", "--trainer.callbacks.help", "core_attention.training.CompileBlocks"],
+        None,
+    ),
     # Only its own options: the ones it passes on to Lightning's FSDPStrategy are documented (or not) by Lightning.
-    ("python -m vit fit --trainer.strategy.help core_attention.training.TransformerFSDPStrategy", _vit,
-     ["fit", "--trainer.strategy.help", "core_attention.training.TransformerFSDPStrategy"], "strategy"),
-]  # fmt: skip
+    (
+        "python -m vit fit --trainer.strategy.help core_attention.training.TransformerFSDPStrategy",
+        _vit,
+        ["fit", "--trainer.strategy.help", "core_attention.training.TransformerFSDPStrategy"],
+        "strategy",
+    ),
+]
 
 
 def run_help(main, argv: list[str], capsys) -> tuple[int, str]:
@@ -170,7 +195,9 @@ def test_help_explains_every_option(command: str, main, argv: list[str], only: s
         from dalle.__main__ import COMMANDS
 
         for name, (_, _, help_) in COMMANDS.items():
-            assert help_.strip() and re.search(rf"^  {re.escape(name)}\s+\S", text, re.M), f"command {name} has no help line"
+            assert help_.strip() and re.search(rf"^  {re.escape(name)}\s+\S", text, re.M), (
+                f"command {name} has no help line"
+            )
         return
     assert entries, f"no options found in the help of `{command}`:\n{text[:2000]}"
     missing = options_without_help(text, _strategy_own_options() if only == "strategy" else None)
@@ -181,7 +208,9 @@ def test_help_explains_every_option(command: str, main, argv: list[str], only: s
 def test_python_m_help_runs(module: str) -> None:
     """The real entry points (`if __name__ == "__main__"`), in a fresh process."""
     env = {**os.environ, "COLUMNS": "120"}
-    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith(f"usage: python -m {module}")
     if module == "vit":

@@ -35,10 +35,20 @@ def test_demo_stages_budgets_and_reuse(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "demo"
     assert demo.main(["--out", str(out)]) == 0
     commands = [c[:2] for c in calls]
-    assert commands == [["vit", "fit"], ["vit", "test"], ["vit", "attention"], ["dalle", "fit-vae"], ["dalle", "fit"],
-                        ["dalle", "generate"], ["dalle", "evaluate"]]  # fmt: skip
+    assert commands == [
+        ["vit", "fit"],
+        ["vit", "test"],
+        ["vit", "attention"],
+        ["dalle", "fit-vae"],
+        ["dalle", "fit"],
+        ["dalle", "generate"],
+        ["dalle", "evaluate"],
+    ]
     by_name = {tuple(c[:2]): c for c in calls}
-    assert "--trainer.max_steps=1000" in by_name["dalle", "fit-vae"] and "--trainer.max_steps=450" in by_name["dalle", "fit"]
+    assert (
+        "--trainer.max_steps=1000" in by_name["dalle", "fit-vae"]
+        and "--trainer.max_steps=450" in by_name["dalle", "fit"]
+    )
     assert f"--model.export_dir={out / 'dalle' / 'dalle'}" in by_name["dalle", "fit"]  # everything stays under --out
     assert f"--trainer.logger.init_args.save_dir={out / 'dvae'}" in by_name["dalle", "fit-vae"]
     for fit in (by_name["vit", "fit"], by_name["dalle", "fit-vae"], by_name["dalle", "fit"]):
@@ -51,7 +61,12 @@ def test_demo_stages_budgets_and_reuse(tmp_path, monkeypatch, capsys) -> None:
 
     calls.clear()  # a second run trains nothing again, only regenerates pictures and figures
     assert demo.main(["--out", str(out), "--quick"]) == 0
-    assert [c[:2] for c in calls] == [["vit", "test"], ["vit", "attention"], ["dalle", "generate"], ["dalle", "evaluate"]]
+    assert [c[:2] for c in calls] == [
+        ["vit", "test"],
+        ["vit", "attention"],
+        ["dalle", "generate"],
+        ["dalle", "evaluate"],
+    ]
 
 
 def test_quick_budget_is_smaller(tmp_path, monkeypatch) -> None:

@@ -82,8 +82,9 @@ def test_no_import_cycles():
 
 
 def test_imports_flow_down_the_packages():
-    upward = [(a, b) for a, targets in graph().items() for b in targets
-              if LAYER[b.split(".")[0]] > LAYER[a.split(".")[0]]]
+    upward = [
+        (a, b) for a, targets in graph().items() for b in targets if LAYER[b.split(".")[0]] > LAYER[a.split(".")[0]]
+    ]
     assert not upward, f"imports against the layers (core_attention <- vit <- dalle): {upward}"
 
 

@@ -30,11 +30,7 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 def readme_blocks(*languages: str) -> list[tuple[int, str]]:
     """(first line number, code) of every fenced block in one of `languages`."""
     text = README.read_text(encoding="utf-8")
-    return [
-        (text.count("\n", 0, m.start()) + 2, m.group(2))
-        for m in FENCE.finditer(text)
-        if m.group(1) in languages
-    ]
+    return [(text.count("\n", 0, m.start()) + 2, m.group(2)) for m in FENCE.finditer(text) if m.group(1) in languages]
 
 
 PYTHON_BLOCKS = readme_blocks("python")
@@ -62,8 +58,7 @@ def inline_commands() -> list[tuple[int, list[str]]]:
     """`python -m ...` spans in the prose (outside fenced blocks)."""
     text = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), README.read_text(encoding="utf-8"))
     return [
-        (text.count("\n", 0, m.start()) + 1, shlex.split(m.group(1)))
-        for m in re.finditer(r"`(python -m [^`]+)`", text)
+        (text.count("\n", 0, m.start()) + 1, shlex.split(m.group(1))) for m in re.finditer(r"`(python -m [^`]+)`", text)
     ]
 
 
@@ -89,8 +84,15 @@ MODULE_CALLS = [
 def test_readme_has_what_the_tests_check() -> None:
     text = README.read_text(encoding="utf-8")
     headings = re.findall(r"^## (.+)$", text, re.M)
-    for section in ("Two commands", "Python API", "Train on your own data", "Reuse the attention core",
-                    "Train on many GPUs", "Benchmarks", "Layout"):  # fmt: skip
+    for section in (
+        "Two commands",
+        "Python API",
+        "Train on your own data",
+        "Reuse the attention core",
+        "Train on many GPUs",
+        "Benchmarks",
+        "Layout",
+    ):
         assert section in headings, f"README.md lost its {section!r} section"
     assert len(PYTHON_BLOCKS) >= 4
     modules = {module for _, module, _, fenced in MODULE_CALLS if fenced}
@@ -149,7 +151,6 @@ def test_readme_command_parses(line: int, module: str, args: list[str], fenced: 
     lightning = ("fit", "validate", "test", "predict")
     if module == "vit":
         import vit.__main__ as cli
-
         from vit.clip.zero_shot import zero_shot_parser
 
         known = (*lightning, "attention", "zero-shot", "--help")
@@ -158,9 +159,9 @@ def test_readme_command_parses(line: int, module: str, args: list[str], fenced: 
         parser = {"attention": cli.attention_parser, "zero-shot": zero_shot_parser}.get(subcommand, lambda: None)()
     elif module == "dalle":
         import dalle.__main__ as cli
-        from dalle.judges.evaluate import evaluate_parser
         from dalle.generate import generate_parser
         from dalle.judges.clip_score_cli import clip_score_parser
+        from dalle.judges.evaluate import evaluate_parser
 
         assert subcommand in (*cli.COMMANDS, "--help"), f"README.md:{line}: no `python -m dalle {subcommand}`"
         main, lightning_cli = cli.main, subcommand.startswith("fit")
@@ -175,7 +176,9 @@ def test_readme_command_parses(line: int, module: str, args: list[str], fenced: 
         main, lightning_cli, parser = cli.main, False, None
         if fenced and not wants_help:  # the real argument parsing, with the conversion itself left out
             converted = []
-            monkeypatch.setattr(cli, "convert", lambda *a, **k: converted.append(a) or DiscreteVAE(hidden_dim=8, codebook_dim=8))
+            monkeypatch.setattr(
+                cli, "convert", lambda *a, **k: converted.append(a) or DiscreteVAE(hidden_dim=8, codebook_dim=8)
+            )
             assert cli.main(args) == 0 and len(converted) == 1
     elif module == "core_attention.examples.seq2seq":
         import core_attention.examples.seq2seq as cli
@@ -205,32 +208,68 @@ def readme_cwd(tmp_path_factory) -> Path:
     from dalle.vae.dvae import DiscreteVAE
 
     cwd = tmp_path_factory.mktemp("readme")
-    quick = ["--trainer.max_steps=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-             "--trainer.enable_model_summary=false", "--checkpoint.monitor=null"]  # fmt: skip
+    quick = [
+        "--trainer.max_steps=1",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--checkpoint.monitor=null",
+    ]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
         mp.setattr(sys, "argv", ["python -m vit"])
         # What `make demo` (dalle/demo.py) runs, at its paths, with tiny models and one training step.
-        vit_cli.main(["fit", "--config", str(ROOT / "configs/vit/digits.yaml"), "--trainer.default_root_dir=runs/demo/vit",
-                      *quick, "--trainer.limit_val_batches=1", "--model.arch.embed_dim=16", "--model.arch.depth=1",
-                      "--model.arch.num_heads=2"])  # fmt: skip
+        vit_cli.main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/vit/digits.yaml"),
+                "--trainer.default_root_dir=runs/demo/vit",
+                *quick,
+                "--trainer.limit_val_batches=1",
+                "--model.arch.embed_dim=16",
+                "--model.arch.depth=1",
+                "--model.arch.num_heads=2",
+            ]
+        )
         write_digit_image(Path("runs/demo/vit/digit.png"))
         torch.manual_seed(0)
-        DiscreteVAE(image_size=32, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained("runs/demo/dvae/dvae")
-        dalle_cli.main(["fit", "--config", str(ROOT / "configs/dalle/shapes.yaml"), "--trainer.default_root_dir=runs/demo/dalle",
-                        "--model.vae_path=runs/demo/dvae/dvae", *quick, "--trainer.limit_val_batches=0",
-                        "--trainer.max_time=null", "--model.dim=32", "--model.depth=1", "--model.num_heads=2",
-                        "--model.tokenizer_train_limit=500", "--model.sample_images_per_prompt=0",
-                        "--data.init_args.num_train=500", "--data.init_args.batch_size=8"])  # fmt: skip
-    for path in ("runs/demo/vit/checkpoints/last.ckpt", "runs/demo/vit/digit.png", "runs/demo/dalle/checkpoints/last.ckpt"):
+        DiscreteVAE(image_size=32, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(
+            "runs/demo/dvae/dvae"
+        )
+        dalle_cli.main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/dalle/shapes.yaml"),
+                "--trainer.default_root_dir=runs/demo/dalle",
+                "--model.vae_path=runs/demo/dvae/dvae",
+                *quick,
+                "--trainer.limit_val_batches=0",
+                "--trainer.max_time=null",
+                "--model.dim=32",
+                "--model.depth=1",
+                "--model.num_heads=2",
+                "--model.tokenizer_train_limit=500",
+                "--model.sample_images_per_prompt=0",
+                "--data.init_args.num_train=500",
+                "--data.init_args.batch_size=8",
+            ]
+        )
+    for path in (
+        "runs/demo/vit/checkpoints/last.ckpt",
+        "runs/demo/vit/digit.png",
+        "runs/demo/dalle/checkpoints/last.ckpt",
+    ):
         assert (cwd / path).is_file(), f"the demo's {path} was not made"
 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(cwd / "photo.jpg")
     pairs = cwd / "data" / "pairs"
     (pairs / "dogs").mkdir(parents=True)
-    for i, (name, caption) in enumerate([("0001", "a red square\na square, red"), ("0002", "a blue circle"),
-                                         ("dogs/rex", "a dog on a beach")]):  # fmt: skip
+    for i, (name, caption) in enumerate(
+        [("0001", "a red square\na square, red"), ("0002", "a blue circle"), ("dogs/rex", "a dog on a beach")]
+    ):
         Image.fromarray(rng.integers(0, 256, (24 + 8 * i, 32, 3), dtype=np.uint8)).save(pairs / f"{name}.png")
         (pairs / f"{name}.txt").write_text(caption + "\n")
     return cwd

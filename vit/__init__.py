@@ -9,7 +9,7 @@ Training: `python -m vit fit --config configs/vit/digits.yaml` (see `python -m v
 """
 
 from .attention_maps import attention_maps, attention_rollout, save_attention_overlay
-from .model import PatchEmbed, ViTConfig, VisionTransformer
+from .model import PatchEmbed, VisionTransformer, ViTConfig
 from .weights import config_from_timm, from_timm, load_timm_weights, read_state_dict
 
 __all__ = [

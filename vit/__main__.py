@@ -35,20 +35,39 @@ def attention_parser() -> argparse.ArgumentParser:
         "a class token).",
     )
     p.add_argument("image", help="input image file (RGB for 3-channel models, grayscale for 1-channel ones)")
-    p.add_argument("--checkpoint", required=True,
-                   help="weights: a Lightning .ckpt from `python -m vit fit`, a save_pretrained directory or its "
-                   "model.safetensors, or timm:<model name> (downloads timm's pretrained weights)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="weights: a Lightning .ckpt from `python -m vit fit`, a save_pretrained directory or its "
+        "model.safetensors, or timm:<model name> (downloads timm's pretrained weights)",
+    )
     p.add_argument("--out", default=None, help="output PNG (default: IMAGE's folder, <image name>.attention.png)")
-    p.add_argument("--layer", type=int, default=None,
-                   help="show this block's attention (0-based, negative counts from the end); default: rollout over all blocks")  # fmt: skip
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="show this block's attention (0-based, negative counts from the end); default: rollout over all blocks",
+    )
     p.add_argument("--head", type=int, default=None, help="with --layer: show this head only (default: fuse the heads)")
-    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"], help="how heads are fused (default: mean)")
-    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heat map over the image, 0..1 (default: 0.5)")
-    p.add_argument("--convert", action="store_true",
-                   help="convert an image of another mode (grayscale/RGBA for an RGB model) instead of stopping with an error")  # fmt: skip
-    p.add_argument("--no-ema", action="store_true", help="use the live weights of a checkpoint that also holds EMA weights")
-    p.add_argument("--save-maps", default=None,
-                   help="also save the raw per-layer/per-head maps and the rollout to this .safetensors file")  # fmt: skip
+    p.add_argument(
+        "--head-fusion", default="mean", choices=["mean", "max", "min"], help="how heads are fused (default: mean)"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="opacity of the heat map over the image, 0..1 (default: 0.5)"
+    )
+    p.add_argument(
+        "--convert",
+        action="store_true",
+        help="convert an image of another mode (grayscale/RGBA for an RGB model) instead of stopping with an error",
+    )
+    p.add_argument(
+        "--no-ema", action="store_true", help="use the live weights of a checkpoint that also holds EMA weights"
+    )
+    p.add_argument(
+        "--save-maps",
+        default=None,
+        help="also save the raw per-layer/per-head maps and the rollout to this .safetensors file",
+    )
     return p
 
 
@@ -70,13 +89,19 @@ def attention_main(argv: list[str]) -> Path:
     in_chans = arch.in_chans
     default_mean, default_std = ((0.5,), (0.5,)) if in_chans == 1 else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     if "mean" not in cfg:
-        logging.getLogger("vit").warning("the checkpoint does not record its normalisation; using mean=%s std=%s", default_mean, default_std)
+        logging.getLogger("vit").warning(
+            "the checkpoint does not record its normalisation; using mean=%s std=%s", default_mean, default_std
+        )
     image = load_image(args.image, in_chans, convert=args.convert)
     size = model.patch_embed.img_size
-    prep = T.Compose([
-        T.Resize(size, antialias=True), T.PILToTensor(), T.ToDtype(torch.float32, scale=True),
-        T.Normalize(cfg.get("mean", default_mean), cfg.get("std", default_std)),
-    ])  # fmt: skip
+    prep = T.Compose(
+        [
+            T.Resize(size, antialias=True),
+            T.PILToTensor(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(cfg.get("mean", default_mean), cfg.get("std", default_std)),
+        ]
+    )
     out = Path(args.out) if args.out else Path(args.image).with_name(Path(args.image).stem + ".attention.png")
     result = save_attention_overlay(
         model, image, prep(image), out, layer=args.layer, head=args.head, head_fusion=args.head_fusion, alpha=args.alpha
@@ -126,7 +151,11 @@ def main(argv: list[str] | None = None):
     from .module import ViTClassifier
 
     return cli_main(
-        ViTClassifier, ImageDataModule, _with_predict_paths(argv), subclass_mode_data=True, description=DESCRIPTION,
+        ViTClassifier,
+        ImageDataModule,
+        _with_predict_paths(argv),
+        subclass_mode_data=True,
+        description=DESCRIPTION,
         prog="python -m vit",
     )
 

@@ -110,7 +110,9 @@ def save_attention_overlay(
         a = maps[layer]
         if head is not None:
             if not 0 <= head < a.shape[1]:
-                raise ValueError(f"head {head} out of range: layer {layer} has {a.shape[1]} heads (0..{a.shape[1] - 1})")
+                raise ValueError(
+                    f"head {head} out of range: layer {layer} has {a.shape[1]} heads (0..{a.shape[1] - 1})"
+                )
             matrix = a[:, head]
         else:
             matrix = {"mean": a.mean(1), "max": a.amax(1), "min": a.amin(1)}[head_fusion]

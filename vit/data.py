@@ -44,7 +44,9 @@ def load_image(path: str | Path, in_chans: int, *, convert: bool = False) -> Ima
     """
     path = Path(path)
     if in_chans not in _MODES:
-        raise ValueError(f"only 1-channel (grayscale) and 3-channel (RGB) images can be read from files, the model has in_chans={in_chans}")
+        raise ValueError(
+            f"only 1-channel (grayscale) and 3-channel (RGB) images can be read from files, the model has in_chans={in_chans}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
@@ -66,7 +68,12 @@ def load_image(path: str | Path, in_chans: int, *, convert: bool = False) -> Ima
         hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
         return Image.fromarray((arr / hi * 255.0).round().clip(0, 255).astype(np.uint8))
     if mode not in _COMPATIBLE[want] and not convert:
-        kind = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA (with an alpha channel)", "RGB": "RGB"}.get(mode, mode)
+        kind = {
+            "L": "grayscale",
+            "LA": "grayscale with alpha",
+            "RGBA": "RGBA (with an alpha channel)",
+            "RGB": "RGB",
+        }.get(mode, mode)
         expected = "3-channel RGB" if want == "RGB" else "1-channel grayscale"
         raise ValueError(
             f"{path} is a {kind} image (PIL mode {mode!r}, {len(img.getbands())} channels) but the model expects "
@@ -79,7 +86,14 @@ def load_image(path: str | Path, in_chans: int, *, convert: bool = False) -> Ima
 class ImageFiles(Dataset):
     """Image files for `predict`: yields (pixels, path)."""
 
-    def __init__(self, paths: Sequence[str | Path], in_chans: int, transform: Callable[[Image.Image], Tensor], *, convert: bool = False) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        in_chans: int,
+        transform: Callable[[Image.Image], Tensor],
+        *,
+        convert: bool = False,
+    ) -> None:
         self.paths = [str(p) for p in paths]
         self.in_chans, self.transform, self.convert = in_chans, transform, convert
         for p in self.paths:  # fail before any work is done, naming the file
@@ -109,10 +123,15 @@ class SkipUnreadable(Dataset):
                 return self.base[i]
             except IMAGE_ERRORS as error:
                 self.num_failed += 1
-                warnings.warn(f"could not load {self.base.samples[i][0]} ({error}); using the next image instead "
-                              f"({self.num_failed} failure(s) so far in this process)", stacklevel=2)
-        raise RuntimeError(f"{self.max_consecutive} consecutive images from {self.base.samples[index][0]} on failed to "
-                           "load: is this a folder of images?")
+                warnings.warn(
+                    f"could not load {self.base.samples[i][0]} ({error}); using the next image instead "
+                    f"({self.num_failed} failure(s) so far in this process)",
+                    stacklevel=2,
+                )
+        raise RuntimeError(
+            f"{self.max_consecutive} consecutive images from {self.base.samples[index][0]} on failed to "
+            "load: is this a folder of images?"
+        )
 
 
 class _Transformed(Dataset):
@@ -159,7 +178,9 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if len(mean) != self.in_chans or len(std) != self.in_chans:
-            raise ValueError(f"mean and std need {self.in_chans} values (one per channel), got mean={list(mean)} std={list(std)}")
+            raise ValueError(
+                f"mean and std need {self.in_chans} values (one per channel), got mean={list(mean)} std={list(std)}"
+            )
         self.img_size = img_size
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -178,8 +199,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     def info(self) -> dict[str, Any]:
         """What a model trained on this data needs to preprocess new images (saved next to its weights)."""
-        return {"mean": list(self.mean), "std": list(self.std), "img_size": self.img_size, "in_chans": self.in_chans,
-                "class_names": list(self.classes)}  # fmt: skip
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "img_size": self.img_size,
+            "in_chans": self.in_chans,
+            "class_names": list(self.classes),
+        }
 
     def _to_tensor(self) -> list[Callable]:
         return [T.PILToTensor(), T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)]
@@ -193,8 +219,14 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError(f"no {name} data: call setup() first or configure the {name} split")
         sampler = fixed_order_sampler(self, dataset, self.shuffle) if train else None
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train and self.shuffle, sampler=sampler, drop_last=train,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train and self.shuffle,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -208,7 +240,9 @@ class ImageDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if not self.predict_paths:
-            raise ValueError("predict needs image files: `python -m vit predict IMG [IMG ...] --config ...` or --data.predict_paths '[a.png, b.png]'")
+            raise ValueError(
+                "predict needs image files: `python -m vit predict IMG [IMG ...] --config ...` or --data.predict_paths '[a.png, b.png]'"
+            )
         files = ImageFiles(self.predict_paths, self.in_chans, self.eval_transform(), convert=self.convert_images)
         return DataLoader(files, batch_size=self.batch_size, num_workers=0)
 
@@ -261,11 +295,19 @@ class DigitsDataModule(ImageDataModule):
         convert_images: bool = False,
     ) -> None:
         super().__init__(
-            img_size=img_size, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, mean=mean, std=std,
-            predict_paths=predict_paths, convert_images=convert_images,
+            img_size=img_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            mean=mean,
+            std=std,
+            predict_paths=predict_paths,
+            convert_images=convert_images,
         )
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in (0, 1) and sum to less than 1")
+            raise ValueError(
+                f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in (0, 1) and sum to less than 1"
+            )
         self.save_hyperparameters()
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.crop_padding, self.rotate_degrees, self.scale_range = crop_padding, rotate_degrees, tuple(scale_range)
@@ -287,7 +329,9 @@ class DigitsDataModule(ImageDataModule):
         idx = np.arange(len(labels))
         held = self.val_fraction + self.test_fraction
         train, rest = train_test_split(idx, test_size=held, stratify=labels, random_state=self.split_seed)
-        val, test = train_test_split(rest, test_size=self.test_fraction / held, stratify=labels[rest], random_state=self.split_seed)
+        val, test = train_test_split(
+            rest, test_size=self.test_fraction / held, stratify=labels[rest], random_state=self.split_seed
+        )
         return train, val, test
 
     def train_transform(self) -> Callable[[Image.Image], Tensor]:
@@ -296,11 +340,17 @@ class DigitsDataModule(ImageDataModule):
 
         ops: list[Callable] = [T.Resize((self.img_size, self.img_size), antialias=True)]
         if self.rotate_degrees or self.scale_range != (1.0, 1.0):
-            ops.append(T.RandomAffine(self.rotate_degrees, scale=self.scale_range, interpolation=T.InterpolationMode.BILINEAR))
+            ops.append(
+                T.RandomAffine(self.rotate_degrees, scale=self.scale_range, interpolation=T.InterpolationMode.BILINEAR)
+            )
         if self.crop_padding:
             ops.append(T.RandomCrop(self.img_size, padding=self.crop_padding))
         if self.rand_augment:
-            ops.append(rand_augment_transform(self.rand_augment, {"img_mean": 0, "translate_const": max(1, self.img_size // 8)}))
+            ops.append(
+                rand_augment_transform(
+                    self.rand_augment, {"img_mean": 0, "translate_const": max(1, self.img_size // 8)}
+                )
+            )
         ops += self._to_tensor()
         if self.re_prob > 0:
             ops.append(RandomErasing(self.re_prob, mode="const", device="cpu"))
@@ -367,8 +417,14 @@ class ImageFolderDataModule(ImageDataModule):
         convert_images: bool = False,
     ) -> None:
         super().__init__(
-            img_size=img_size, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, mean=mean, std=std,
-            predict_paths=predict_paths, convert_images=convert_images,
+            img_size=img_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            mean=mean,
+            std=std,
+            predict_paths=predict_paths,
+            convert_images=convert_images,
         )
         self.save_hyperparameters()
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
@@ -390,29 +446,47 @@ class ImageFolderDataModule(ImageDataModule):
         from timm.data import create_transform
 
         return create_transform(
-            self.img_size, is_training=True, auto_augment=self.auto_augment, re_prob=self.re_prob, color_jitter=self.color_jitter,
-            scale=self.scale, hflip=self.hflip, interpolation=self.interpolation, mean=self.mean, std=self.std,
-        )  # fmt: skip
+            self.img_size,
+            is_training=True,
+            auto_augment=self.auto_augment,
+            re_prob=self.re_prob,
+            color_jitter=self.color_jitter,
+            scale=self.scale,
+            hflip=self.hflip,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+        )
 
     def eval_transform(self) -> Callable[[Image.Image], Tensor]:
         from timm.data import create_transform
 
-        return create_transform(self.img_size, is_training=False, interpolation=self.interpolation, crop_pct=self.crop_pct,
-                                mean=self.mean, std=self.std)  # fmt: skip
+        return create_transform(
+            self.img_size,
+            is_training=False,
+            interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
+            mean=self.mean,
+            std=self.std,
+        )
 
     def _folder(self, root: str, transform: Callable) -> Dataset:
         from torchvision.datasets import ImageFolder
 
         classes = self._folder_classes(root)
         if classes != self.classes:
-            raise ValueError(f"{root} has classes {classes[:5]}... but the training folder has {self.classes[:5]}...; every split needs the same class sub-folders")
+            raise ValueError(
+                f"{root} has classes {classes[:5]}... but the training folder has {self.classes[:5]}...; every split needs the same class sub-folders"
+            )
         return SkipUnreadable(ImageFolder(root, transform=transform))
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             return
         if not self._roots:
-            raise ValueError("no image folders configured: set --data.train_dir and --data.val_dir (and optionally --data.test_dir)")
+            raise ValueError(
+                "no image folders configured: set --data.train_dir and --data.val_dir (and optionally --data.test_dir)"
+            )
         self.classes = self._folder_classes(self._roots[0])
         if stage in (None, "fit"):
             if self.train_dir is None or self.val_dir is None:
@@ -474,8 +548,14 @@ class CIFARDataModule(ImageDataModule):
         convert_images: bool = False,
     ) -> None:
         super().__init__(
-            img_size=img_size, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, mean=mean, std=std,
-            predict_paths=predict_paths, convert_images=convert_images,
+            img_size=img_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            mean=mean,
+            std=std,
+            predict_paths=predict_paths,
+            convert_images=convert_images,
         )
         if dataset not in ("cifar10", "cifar100"):
             raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {dataset!r}")
@@ -517,7 +597,9 @@ class CIFARDataModule(ImageDataModule):
             ops.append(T.RandomHorizontalFlip(self.hflip))
         if self.rand_augment:
             fill = tuple(round(255 * m) for m in self.mean)
-            ops.append(rand_augment_transform(self.rand_augment, {"img_mean": fill, "translate_const": self.img_size // 8}))
+            ops.append(
+                rand_augment_transform(self.rand_augment, {"img_mean": fill, "translate_const": self.img_size // 8})
+            )
         ops += self._to_tensor()
         if self.re_prob > 0:
             ops.append(RandomErasing(self.re_prob, mode="pixel", device="cpu"))
@@ -532,4 +614,6 @@ class CIFARDataModule(ImageDataModule):
         train_idx, val_idx = order[: len(order) - self.val_size], order[len(order) - self.val_size :]
         self.train_set = _Transformed(Subset(train_full, train_idx), self.train_transform())
         self.test_set = _Transformed(test, self.eval_transform())
-        self.val_set = _Transformed(Subset(train_full, val_idx), self.eval_transform()) if self.val_size else self.test_set
+        self.val_set = (
+            _Transformed(Subset(train_full, val_idx), self.eval_transform()) if self.val_size else self.test_set
+        )

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from core_attention import QuickGELU, TransformerBlock, init_weights, resample_pos_embed
-from core_attention.stacks import drop_path_rates, run_block
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
+from core_attention.stacks import drop_path_rates, run_block
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +213,23 @@ class VisionTransformer(nn.Module):
         self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
 
         drop_path = drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.Sequential(*[
-            TransformerBlock(
-                embed_dim, num_heads,
-                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
-                init_values=init_values, drop_path=drop_path[i], norm_eps=norm_eps, act_layer=ACT_LAYERS[act_layer],
-            )
-            for i in range(depth)
-        ])  # fmt: skip
+        self.blocks = nn.Sequential(
+            *[
+                TransformerBlock(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                    init_values=init_values,
+                    drop_path=drop_path[i],
+                    norm_eps=norm_eps,
+                    act_layer=ACT_LAYERS[act_layer],
+                )
+                for i in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if not use_fc_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
@@ -277,7 +286,11 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.config.num_classes = num_classes
         ref = self.pos_embed
-        self.head = nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 else nn.Identity()
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
         if num_classes > 0:
             init_weights(self.head)
         self.head.train(self.training)
@@ -353,7 +366,11 @@ class VisionTransformer(nn.Module):
                     )
             if tuple(old_grid) != new_grid:
                 sd["pos_embed"] = resample_pos_embed(pos, new_grid, tuple(old_grid), num_prefix_tokens=prefix)
-                log.info("resampled pos_embed from the checkpoint's %dx%d patch grid to the model's %dx%d", *old_grid, *new_grid)
+                log.info(
+                    "resampled pos_embed from the checkpoint's %dx%d patch grid to the model's %dx%d",
+                    *old_grid,
+                    *new_grid,
+                )
 
         own_head = self.head.state_dict()
         ckpt_head = {k[len("head.") :]: v for k, v in sd.items() if k.startswith("head.")}
@@ -361,12 +378,17 @@ class VisionTransformer(nn.Module):
         if ckpt_head and n_ckpt != self.num_classes:  # a head of the right size but wrong width is a config mismatch
             log.warning(
                 "dropping the checkpoint's classifier head (%d classes): the model has num_classes=%d, so its head "
-                "keeps its fresh initialisation and needs training", n_ckpt, self.num_classes,
-            )  # fmt: skip
+                "keeps its fresh initialisation and needs training",
+                n_ckpt,
+                self.num_classes,
+            )
             sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
             sd.update({f"head.{k}": v for k, v in own_head.items()})
         elif not ckpt_head and own_head:
-            log.warning("the checkpoint has no classifier head: the model's %d-class head keeps its fresh initialisation", self.num_classes)
+            log.warning(
+                "the checkpoint has no classifier head: the model's %d-class head keeps its fresh initialisation",
+                self.num_classes,
+            )
             sd.update({f"head.{k}": v for k, v in own_head.items()})
         return sd
 
@@ -376,7 +398,11 @@ class VisionTransformer(nn.Module):
         """Write `model.safetensors` (weights + config in its header) and a readable `config.json` to `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"architecture": "VisionTransformer", "config": self.config.to_dict(), "pretrained_cfg": self.pretrained_cfg}
+        config = {
+            "architecture": "VisionTransformer",
+            "config": self.config.to_dict(),
+            "pretrained_cfg": self.pretrained_cfg,
+        }
         save_safetensors(directory / WEIGHTS_NAME, self.state_dict(), config)
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return directory

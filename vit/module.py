@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from core_attention.io import check_writable
-from core_attention.io import load_checkpoint, load_state_dict_checked
+from core_attention.io import check_writable, load_checkpoint, load_state_dict_checked
 from core_attention.training import adamw_warmup_cosine
 
-from .model import ViTConfig, VisionTransformer
+from .model import VisionTransformer, ViTConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +102,13 @@ class ViTClassifier(pl.LightningModule):
             from timm.data import Mixup
 
             self.mixup = Mixup(
-                mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mixup_prob, switch_prob=mixup_switch_prob,
-                label_smoothing=label_smoothing, num_classes=arch.num_classes,
-            )  # fmt: skip
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                label_smoothing=label_smoothing,
+                num_classes=arch.num_classes,
+            )
         self.ema = None
         if ema_decay is not None:
             from timm.utils import ModelEmaV3
@@ -172,11 +175,17 @@ class ViTClassifier(pl.LightningModule):
         if dm.in_chans != cfg.in_chans:
             problems.append(f"the data has {dm.in_chans}-channel images but model.arch.in_chans={cfg.in_chans}")
         if (dm.img_size, dm.img_size) != img:
-            problems.append(f"the data yields {dm.img_size}x{dm.img_size} images but model.arch.img_size={cfg.img_size}")
+            problems.append(
+                f"the data yields {dm.img_size}x{dm.img_size} images but model.arch.img_size={cfg.img_size}"
+            )
         if stage == "fit" and self.mixup is not None and getattr(dm, "batch_size", 0) % 2:
             problems.append(f"mixup/cutmix needs an even batch size, data.batch_size={dm.batch_size}")
         if problems:
-            raise ValueError("model and data disagree: " + "; ".join(problems) + ". Make the config's model.arch and data sections match.")
+            raise ValueError(
+                "model and data disagree: "
+                + "; ".join(problems)
+                + ". Make the config's model.arch and data sections match."
+            )
         if stage != "predict" and dm.classes:
             self.class_names = list(dm.classes)
         self.model.pretrained_cfg.update({k: v for k, v in dm.info().items() if k != "class_names"})
@@ -257,7 +266,9 @@ class ViTClassifier(pl.LightningModule):
     def on_predict_epoch_start(self) -> None:
         self._predictions = []
 
-    def on_predict_batch_end(self, outputs: list[dict[str, Any]], batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self, outputs: list[dict[str, Any]], batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         for p in outputs:
             self._predictions.append(p)
             print(f"{p['path']}: " + ", ".join(f"{lab} ({prob:.3f})" for lab, prob in zip(p["labels"], p["probs"])))
@@ -284,10 +295,17 @@ class ViTClassifier(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         return adamw_warmup_cosine(
-            self.model, self.trainer.estimated_stepping_batches, lr=hp.lr, min_lr=hp.min_lr,
-            weight_decay=hp.weight_decay, warmup_lr=hp.warmup_lr, warmup_steps=hp.warmup_steps,
-            warmup_fraction=hp.warmup_fraction, betas=tuple(hp.betas), layer_decay=hp.layer_decay,
-        )  # fmt: skip
+            self.model,
+            self.trainer.estimated_stepping_batches,
+            lr=hp.lr,
+            min_lr=hp.min_lr,
+            weight_decay=hp.weight_decay,
+            warmup_lr=hp.warmup_lr,
+            warmup_steps=hp.warmup_steps,
+            warmup_fraction=hp.warmup_fraction,
+            betas=tuple(hp.betas),
+            layer_decay=hp.layer_decay,
+        )
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         scheduler.step_update(num_updates=self.global_step)
@@ -312,7 +330,9 @@ def load_classifier(path: str | Path, *, ema: bool = True) -> VisionTransformer:
     ckpt = load_checkpoint(path)
     hp = ckpt.get("hyper_parameters", {})
     if "arch" not in hp or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint written by `python -m vit fit` (no hyper_parameters.arch / state_dict)")
+        raise ValueError(
+            f"{path} is not a checkpoint written by `python -m vit fit` (no hyper_parameters.arch / state_dict)"
+        )
     arch = hp["arch"]
     arch = arch if isinstance(arch, dict) else dataclasses.asdict(arch)
     model = VisionTransformer.from_config(arch)

@@ -11,12 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from core_attention.io import load_checkpoint, load_safetensors, load_state_dict_checked
 
-from .model import ViTConfig, VisionTransformer
+from .model import VisionTransformer, ViTConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,9 @@ def read_state_dict(source: str | Path | Mapping[str, Tensor] | nn.Module) -> di
         if path.suffix == ".safetensors":
             sd = load_safetensors(path)[0]
         elif path.suffix == ".npz":
-            raise ValueError(f"{path}: original JAX .npz checkpoints are not supported; load them with timm and pass the model")
+            raise ValueError(
+                f"{path}: original JAX .npz checkpoints are not supported; load them with timm and pass the model"
+            )
         else:
             sd = load_checkpoint(path)
     for key in _WRAPPER_KEYS:  # unwrap one level of nesting, preferring EMA weights as timm does
@@ -78,7 +79,9 @@ def load_timm_weights(
         old_grid = tuple(source.patch_embed.grid_size)
         _copy_pretrained_cfg(source, model)
     sd = model.adapt_state_dict(read_state_dict(source), old_grid=old_grid)
-    load_state_dict_checked(model, sd, source=f"timm checkpoint {source}" if isinstance(source, (str, Path)) else "timm checkpoint")
+    load_state_dict_checked(
+        model, sd, source=f"timm checkpoint {source}" if isinstance(source, (str, Path)) else "timm checkpoint"
+    )
     return model
 
 
@@ -106,7 +109,9 @@ def config_from_timm(timm_model: nn.Module, **overrides: Any) -> ViTConfig:
     if not isinstance(block.norm1, nn.LayerNorm) or type(block.mlp).__name__ != "Mlp":
         unsupported.append(f"{type(block.norm1).__name__} norm / {type(block.mlp).__name__} MLP")
     if unsupported:
-        raise ValueError(f"this timm model uses options vit.VisionTransformer does not implement: {', '.join(unsupported)}")
+        raise ValueError(
+            f"this timm model uses options vit.VisionTransformer does not implement: {', '.join(unsupported)}"
+        )
     if isinstance(m.fc_norm, nn.Identity) and isinstance(m.norm, nn.Identity):
         raise ValueError("this timm model has final_norm=False, which vit.VisionTransformer does not implement")
     ls = block.ls1
@@ -160,7 +165,9 @@ def _create_timm(name: str, *, pretrained: bool) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=pretrained)
     except RuntimeError as err:
-        raise RuntimeError(f"timm.create_model({name!r}, pretrained={pretrained}) failed (offline? unknown name?): {err}") from err
+        raise RuntimeError(
+            f"timm.create_model({name!r}, pretrained={pretrained}) failed (offline? unknown name?): {err}"
+        ) from err
 
 
 def _copy_pretrained_cfg(timm_model: nn.Module, model: VisionTransformer) -> None:

@@ -1,6 +1,6 @@
 """A GPT-style language model in a page: `Decoder` (causal, no cross-attention) + rotary positions + KV cache.
 
-    python -m core_attention.examples.gpt     # learns a tiny character corpus and samples from it
+python -m core_attention.examples.gpt     # learns a tiny character corpus and samples from it
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from core_attention import Decoder, RotaryEmbedding, init_weights
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size: int, *, dim: int = 64, depth: int = 2, num_heads: int = 4, max_len: int = 256) -> None:
+    def __init__(
+        self, vocab_size: int, *, dim: int = 64, depth: int = 2, num_heads: int = 4, max_len: int = 256
+    ) -> None:
         super().__init__()
         self.max_len = max_len
         self.embed = nn.Embedding(vocab_size, dim)
@@ -30,11 +32,20 @@ class GPT(nn.Module):
         return self.head(self.decoder(self.embed(tokens), rope=rope, cache=cache))
 
     @torch.no_grad()
-    def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Sample continuations of prompt (B, L); temperature 0 is greedy. Returns (B, L + max_new_tokens)."""
         if prompt.shape[1] + max_new_tokens > self.max_len:
-            raise ValueError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds max_len {self.max_len}")
+            raise ValueError(
+                f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds max_len {self.max_len}"
+            )
         cache = self.decoder.init_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens) if use_cache else None
         tokens, step_input = prompt, prompt
         for _ in range(max_new_tokens):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from pytorch_lightning.loggers import CSVLogger
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from core_attention import Seq2SeqTransformer
@@ -39,7 +39,9 @@ def decode(ids: list[int]) -> str:
 class ReverseDigits(Dataset):
     """Pairs (digits, reversed digits) of random length; `exclude` keeps held-out strings out of training."""
 
-    def __init__(self, num_samples: int, min_len: int, max_len: int, seed: int, exclude: set[str] = frozenset()) -> None:
+    def __init__(
+        self, num_samples: int, min_len: int, max_len: int, seed: int, exclude: set[str] = frozenset()
+    ) -> None:
         rng = random.Random(seed)
         self.strings: list[str] = []
         seen = set(exclude)
@@ -101,7 +103,10 @@ class ReverseDigitsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.train, self.hparams.batch_size, shuffle=self.hparams.shuffle, collate_fn=collate,
+            self.train,
+            self.hparams.batch_size,
+            shuffle=self.hparams.shuffle,
+            collate_fn=collate,
             sampler=fixed_order_sampler(self, self.train, self.hparams.shuffle),
         )
 
@@ -142,9 +147,16 @@ class Seq2SeqModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = Seq2SeqTransformer(
-            VOCAB_SIZE, VOCAB_SIZE, dim=dim, num_encoder_layers=num_layers, num_decoder_layers=num_layers,
-            num_heads=num_heads, dropout=dropout, max_len=max_positions, pad_id=PAD,
-        )  # fmt: skip
+            VOCAB_SIZE,
+            VOCAB_SIZE,
+            dim=dim,
+            num_encoder_layers=num_layers,
+            num_decoder_layers=num_layers,
+            num_heads=num_heads,
+            dropout=dropout,
+            max_len=max_positions,
+            pad_id=PAD,
+        )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         src, tgt = batch
@@ -195,9 +207,14 @@ def demo(out_dir: str = "runs/demo/seq2seq") -> float:
         pl.seed_everything(0)
         module = Seq2SeqModule()
         trainer = pl.Trainer(
-            accelerator="cpu", max_steps=1500, limit_val_batches=0, gradient_clip_val=1.0,
-            default_root_dir=out_dir, enable_checkpointing=False, logger=CSVLogger(out_dir),
-        )  # fmt: skip
+            accelerator="cpu",
+            max_steps=1500,
+            limit_val_batches=0,
+            gradient_clip_val=1.0,
+            default_root_dir=out_dir,
+            enable_checkpointing=False,
+            logger=CSVLogger(out_dir),
+        )
         trainer.fit(module, data)
         trainer.save_checkpoint(ckpt)
     (result,) = trainer.test(module, data, verbose=False)
@@ -211,8 +228,13 @@ def main(args: list[str] | None = None):
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["demo"]:
         return demo(*argv[1:2])
-    return cli_main(Seq2SeqModule, ReverseDigitsDataModule, argv, description=__doc__,
-                    prog="python -m core_attention.examples.seq2seq")
+    return cli_main(
+        Seq2SeqModule,
+        ReverseDigitsDataModule,
+        argv,
+        description=__doc__,
+        prog="python -m core_attention.examples.seq2seq",
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A text classifier in a page: token embeddings + learned positions -> `Encoder` -> masked mean pool -> linear.
 
-    python -m core_attention.examples.text_classifier     # trains on a toy task and prints accuracy
+python -m core_attention.examples.text_classifier     # trains on a toy task and prints accuracy
 """
 
 from __future__ import annotations
@@ -13,8 +13,17 @@ from core_attention import Encoder, LearnedPositionalEmbedding, init_weights, ke
 
 
 class TextClassifier(nn.Module):
-    def __init__(self, vocab_size: int, num_classes: int, *, dim: int = 64, depth: int = 2, num_heads: int = 4,
-                 max_len: int = 128, pad_id: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        dim: int = 64,
+        depth: int = 2,
+        num_heads: int = 4,
+        max_len: int = 128,
+        pad_id: int = 0,
+    ) -> None:
         super().__init__()
         self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, dim)

@@ -86,7 +86,9 @@ class TrainingCurves(Callback):
                 if not points or points[-1][0] != step:
                     points.append((step, float(value)))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if trainer.is_global_zero and (trainer.global_step % max(trainer.log_every_n_steps, 1) == 0):
             self._record(trainer)
 
@@ -125,7 +127,7 @@ class TrainingCurves(Callback):
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(names):]:
+        for ax in list(axes.flat)[len(names) :]:
             ax.set_visible(False)
         fig.tight_layout()
         os.makedirs(folder, exist_ok=True)

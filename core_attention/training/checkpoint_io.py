@@ -13,7 +13,6 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from ..io import load_checkpoint
 
-
 TEMP_SUFFIX = ".tmp"
 
 
@@ -53,5 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location)

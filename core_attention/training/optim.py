@@ -32,14 +32,19 @@ def adamw_warmup_cosine(
 
     opt = create_optimizer_v2(
         model, opt="adamw", lr=lr, weight_decay=weight_decay, filter_bias_and_bn=True, **optimizer_kwargs
-    )  # fmt: skip
+    )
     if total_steps == float("inf"):
         raise ValueError("the LR schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
     total = int(total_steps)
     warmup = int(round(warmup_fraction * total)) if warmup_fraction is not None else warmup_steps
     warmup = min(warmup, max(total - 1, 0))
     sched = CosineLRScheduler(
-        opt, t_initial=max(total - warmup, 1), lr_min=min_lr, warmup_t=warmup, warmup_lr_init=warmup_lr,
-        warmup_prefix=True, t_in_epochs=False,
-    )  # fmt: skip
+        opt,
+        t_initial=max(total - warmup, 1),
+        lr_min=min_lr,
+        warmup_t=warmup,
+        warmup_lr_init=warmup_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

@@ -64,12 +64,14 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 
 def image_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     """RGB PIL image -> float (3, image_size, image_size) in [0, 1]: shorter side resized, centre square cropped."""
-    return v2.Compose([
-        v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(image_size),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
 def open_image(source: str | Path | bytes, image_size: int | None = None) -> Image.Image:
@@ -200,7 +202,9 @@ class CaptionFolder(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         if not -len(self) <= index < len(self):
-            raise IndexError(f"CaptionFolder index {index} out of range for {len(self)} items")  # ends `for item in ...`
+            raise IndexError(
+                f"CaptionFolder index {index} out of range for {len(self)} items"
+            )  # ends `for item in ...`
         index %= len(self)
         attempts = min(len(self), 10)
         for attempt in range(attempts):
@@ -218,6 +222,7 @@ class CaptionFolder(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------------- WebDataset
+
 
 def _shard_caption(data: bytes) -> str:
     text, is_utf8 = decode_caption(data)

@@ -19,8 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from core_attention.training import fixed_order_sampler
-
-from dalle.data.caption_data import CaptionFolder, expand_urls, per_worker_epoch_length, shard_captions, webdataset_pipeline
+from dalle.data.caption_data import (
+    CaptionFolder,
+    expand_urls,
+    per_worker_epoch_length,
+    shard_captions,
+    webdataset_pipeline,
+)
 from dalle.data.shapes import ShapesDataset, Split
 
 
@@ -109,9 +114,14 @@ class ShapesDataModule(pl.LightningDataModule):
         return self.train_set.iter_captions(limit)
 
     def train_dataloader(self) -> DataLoader:
-        return dataloader(self.train_set, self.batch_size, self.num_workers, shuffle=self.shuffle,
-                          sampler=fixed_order_sampler(self, self.train_set, self.shuffle),
-                          drop_last=len(self.train_set) >= self.batch_size)
+        return dataloader(
+            self.train_set,
+            self.batch_size,
+            self.num_workers,
+            shuffle=self.shuffle,
+            sampler=fixed_order_sampler(self, self.train_set, self.shuffle),
+            drop_last=len(self.train_set) >= self.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return dataloader(self.val_set, self.batch_size, self.num_workers)
@@ -189,9 +199,14 @@ class CaptionFolderDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         assert self.train_set is not None
-        return dataloader(self.train_set, self.batch_size, self.num_workers, shuffle=self.shuffle,
-                          sampler=fixed_order_sampler(self, self.train_set, self.shuffle),
-                          drop_last=len(self.train_set) >= self.batch_size)
+        return dataloader(
+            self.train_set,
+            self.batch_size,
+            self.num_workers,
+            shuffle=self.shuffle,
+            sampler=fixed_order_sampler(self, self.train_set, self.shuffle),
+            drop_last=len(self.train_set) >= self.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
@@ -255,8 +270,9 @@ class WebDatasetDataModule(pl.LightningDataModule):
         per_worker = None
         if self.epoch_length is not None:
             per_worker = per_worker_epoch_length(self.epoch_length, _world_size(self), workers)
-        dataset = webdataset_pipeline(self.train_urls, self.image_size, self.shuffle, self.resampled,
-                                      epoch_length=per_worker)
+        dataset = webdataset_pipeline(
+            self.train_urls, self.image_size, self.shuffle, self.resampled, epoch_length=per_worker
+        )
         # IterableDataset: the batch size goes to the DataLoader, shuffling happens in the pipeline.
         return dataloader(dataset, self.batch_size, workers, drop_last=self.resampled)
 

@@ -12,7 +12,6 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from core_attention.training import fixed_order_sampler
-
 from dalle.data.caption_data import IMAGE_ERRORS, IMAGE_EXTENSIONS, image_transform, open_image
 from dalle.data.datamodules import dataloader, holdout_split
 
@@ -43,8 +42,11 @@ class ImageFiles(Dataset):
                 return {"image": self.transform(open_image(path, self.image_size))}
             except IMAGE_ERRORS as error:  # unreadable file or decompression bomb: use the next one, say so
                 self.num_failed += 1
-                warnings.warn(f"ImageFiles: could not load {path} ({error}); using the next image instead "
-                              f"({self.num_failed} failure(s) so far in this process)", stacklevel=2)
+                warnings.warn(
+                    f"ImageFiles: could not load {path} ({error}); using the next image instead "
+                    f"({self.num_failed} failure(s) so far in this process)",
+                    stacklevel=2,
+                )
         raise RuntimeError(f"ImageFiles: 10 consecutive images from index {index} failed to load")
 
 
@@ -93,9 +95,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         hp = self.hparams
-        return dataloader(self.train_set, hp.batch_size, hp.num_workers, shuffle=hp.shuffle,
-                          sampler=fixed_order_sampler(self, self.train_set, hp.shuffle),
-                          drop_last=len(self.train_set) >= hp.batch_size)
+        return dataloader(
+            self.train_set,
+            hp.batch_size,
+            hp.num_workers,
+            shuffle=hp.shuffle,
+            sampler=fixed_order_sampler(self, self.train_set, hp.shuffle),
+            drop_last=len(self.train_set) >= hp.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()

@@ -32,9 +32,15 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange")
 SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
 )  # row-major: POSITIONS.index(p) == 3 * row + col
 
 # Saturated colours, pairwise >= 127 apart in RGB (orange sits halfway between red and yellow).
@@ -155,6 +161,7 @@ def is_held_out(scene: Scene) -> bool:
 # Drawn with numpy: these small element-wise ops are single-threaded there, so rendering stays fast in DataLoader
 # workers and on busy machines (torch's intra-op thread pool costs more than the work at these sizes).
 
+
 def _circle(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x * x + y * y <= 1.0
 
@@ -227,6 +234,7 @@ def render(scene: Scene, image_size: int, *, jitter: float = 0.0, rng: random.Ra
 
 # ---------------------------------------------------------------------------------------------------------- captions
 
+
 def _preposition(position_phrase: str) -> str:
     if position_phrase in ("top", "bottom"):
         return "at"
@@ -266,14 +274,16 @@ def caption(scene: Scene, rng: random.Random) -> str:
 def canonical_caption(scene: Scene) -> str:
     """The one fixed template, e.g. "a small red circle in the top left and a large blue square at the bottom"."""
     check_scene(scene)
-    return " and ".join(
-        f"a {s.size} {s.colour} {s.kind} {_preposition(s.position)} the {s.position}" for s in scene
-    )
+    return " and ".join(f"a {s.size} {s.colour} {s.kind} {_preposition(s.position)} the {s.position}" for s in scene)
 
 
 def _phrase_table() -> list[tuple[tuple[str, ...], str, str]]:
-    category = {**{k: "kind" for k in SHAPES}, **{c: "colour" for c in COLOURS},
-                **{s: "size" for s in SIZES}, **{p: "position" for p in POSITIONS}}
+    category = {
+        **{k: "kind" for k in SHAPES},
+        **{c: "colour" for c in COLOURS},
+        **{s: "size" for s in SIZES},
+        **{p: "position" for p in POSITIONS},
+    }
     table = [
         (tuple(phrase.replace("-", " ").split()), category[value], value)
         for value, phrases in SYNONYMS.items()
@@ -304,7 +314,7 @@ def parse_caption(text: str) -> Scene | None:
         i = 0
         while i < len(part):
             for phrase, cat, value in _PHRASES:
-                if tuple(part[i:i + len(phrase)]) == phrase:
+                if tuple(part[i : i + len(phrase)]) == phrase:
                     found[cat].append(value)
                     i += len(phrase)
                     break
@@ -322,6 +332,7 @@ def parse_caption(text: str) -> Scene | None:
 
 
 # ----------------------------------------------------------------------------------------------------------- dataset
+
 
 class ShapesDataset(Dataset):
     """Deterministic synthetic captioned shapes.

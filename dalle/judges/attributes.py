@@ -30,9 +30,19 @@ from torchmetrics.classification import MulticlassAccuracy
 from core_attention import init_weights, sincos_2d
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 from core_attention.training import adamw_warmup_cosine, fixed_order_sampler
-from vit import ViTConfig, VisionTransformer
-
-from dalle.data.shapes import ALL_PAIRS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, ShapesDataset, canonical_caption, render
+from dalle.data.shapes import (
+    ALL_PAIRS,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    Shape,
+    ShapesDataset,
+    canonical_caption,
+    render,
+)
+from vit import VisionTransformer, ViTConfig
 
 __all__ = [
     "ATTRIBUTES",
@@ -54,7 +64,14 @@ WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 # shape, colour and size are read from one token and the position from which token it is. 9 tokens: ~25 ms per
 # 128-image training step on one CPU core.
 DEFAULT_ARCH = ViTConfig(
-    img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False, embed_dim=64, depth=2, num_heads=4,
+    img_size=48,
+    patch_size=16,
+    num_classes=0,
+    global_pool="",
+    class_token=False,
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
     mlp_ratio=2.0,
 )
 
@@ -83,7 +100,9 @@ class AttributeClassifier(nn.Module):
         arch = DEFAULT_ARCH if arch is None else arch
         arch = ViTConfig.from_dict(arch) if isinstance(arch, dict) else arch
         if arch.num_classes != 0:
-            raise ValueError(f"the attribute classifier's backbone needs num_classes=0 (one head per attribute), got {arch.num_classes}")
+            raise ValueError(
+                f"the attribute classifier's backbone needs num_classes=0 (one head per attribute), got {arch.num_classes}"
+            )
         if arch.in_chans != 3:
             raise ValueError(f"shapes images are RGB: the backbone needs in_chans=3, got {arch.in_chans}")
         self.arch = arch
@@ -160,7 +179,9 @@ class AttributeClassifier(nn.Module):
             )
         state_dict, config = load_safetensors(file, device=str(map_location))
         if config.get("architecture") != "AttributeClassifier":
-            raise ValueError(f"{file} is not an attribute classifier (header architecture={config.get('architecture')!r})")
+            raise ValueError(
+                f"{file} is not an attribute classifier (header architecture={config.get('architecture')!r})"
+            )
         saved = {name: tuple(classes) for name, classes in config.get("attributes", {}).items()}
         if saved != ATTRIBUTES:
             raise ValueError(f"{file} was trained for other attribute classes {saved}; this code reads {ATTRIBUTES}")
@@ -180,7 +201,9 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     ckpt = load_checkpoint(path, map_location=map_location)
     arch = ckpt.get("hyper_parameters", {}).get("arch")
     if arch is None or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit-classifier` (no hyper_parameters.arch)")
+        raise ValueError(
+            f"{path} is not a checkpoint written by `python -m dalle fit-classifier` (no hyper_parameters.arch)"
+        )
     model = AttributeClassifier(arch)
     load_state_dict_checked(model, ckpt["state_dict"], source=f"checkpoint {path}", prefix="model.")
     return model.eval()
@@ -197,8 +220,15 @@ class AllPairsShapes(Dataset):
     keeps every rendered image (uint8) after its first use: later epochs cost nothing (single-process loading).
     """
 
-    def __init__(self, split: str, num_samples: int, image_size: int = 32, seed: int = 0, jitter: float = 0.0,
-                 cache: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        split: str,
+        num_samples: int,
+        image_size: int = 32,
+        seed: int = 0,
+        jitter: float = 0.0,
+        cache: bool = False,
+    ) -> None:
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         self.split, self.num_samples, self.image_size = split, num_samples, image_size
@@ -267,17 +297,23 @@ class AttributeDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set = AllPairsShapes("train", num_train, image_size, seed, jitter, cache=True)
         self.val_set = AllPairsShapes("val", num_val, image_size, seed, jitter, cache=True)
-        self.test_set = ConcatDataset([
-            ShapesDataset("test", num_test - num_test // 2, image_size, max_shapes=1, seed=seed),
-            ShapesDataset("heldout", num_test // 2, image_size, max_shapes=1, seed=seed),
-        ])  # fmt: skip
+        self.test_set = ConcatDataset(
+            [
+                ShapesDataset("test", num_test - num_test // 2, image_size, max_shapes=1, seed=seed),
+                ShapesDataset("heldout", num_test // 2, image_size, max_shapes=1, seed=seed),
+            ]
+        )
 
     def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
         shuffle = self.hparams.shuffle
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train and shuffle, num_workers=self.num_workers,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train and shuffle,
+            num_workers=self.num_workers,
             sampler=fixed_order_sampler(self, dataset, shuffle) if train else None,
-            drop_last=train and len(dataset) >= self.batch_size, persistent_workers=self.num_workers > 0,
+            drop_last=train and len(dataset) >= self.batch_size,
+            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -339,8 +375,10 @@ class AttributeModule(pl.LightningModule):
         return self.model(images)
 
     def _loss(self, logits: dict[str, Tensor], labels: Tensor) -> Tensor:
-        losses = [F.cross_entropy(logits[n].float(), labels[:, i], label_smoothing=self.hparams.label_smoothing)
-                  for i, n in enumerate(ATTRIBUTES)]  # fmt: skip
+        losses = [
+            F.cross_entropy(logits[n].float(), labels[:, i], label_smoothing=self.hparams.label_smoothing)
+            for i, n in enumerate(ATTRIBUTES)
+        ]
         return torch.stack(losses).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -381,7 +419,10 @@ class AttributeModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_results = {name: getattr(self, f"test_acc_{name}").compute().item() for name in [*ATTRIBUTES, "all"]}
         if self.trainer.is_global_zero:
-            print("attribute classifier test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.test_results.items()))
+            print(
+                "attribute classifier test accuracy: "
+                + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.test_results.items())
+            )
             if self.hparams.export_dir:
                 self.model.save_pretrained(self.hparams.export_dir, {"test_accuracy": self.test_results})
 
@@ -393,9 +434,14 @@ class AttributeModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         return adamw_warmup_cosine(
-            self.model, self.trainer.estimated_stepping_batches, lr=hp.lr, min_lr=hp.min_lr,
-            weight_decay=hp.weight_decay, warmup_lr=hp.lr * 0.01, warmup_fraction=hp.warmup_fraction,
-        )  # fmt: skip
+            self.model,
+            self.trainer.estimated_stepping_batches,
+            lr=hp.lr,
+            min_lr=hp.min_lr,
+            weight_decay=hp.weight_decay,
+            warmup_lr=hp.lr * 0.01,
+            warmup_fraction=hp.warmup_fraction,
+        )
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         scheduler.step_update(num_updates=self.global_step)
@@ -417,13 +463,26 @@ def train_classifier(
     shapes images, save to ``directory`` (``config.json`` records the test accuracy). Under a minute on 2 CPU cores."""
     pl.seed_everything(seed, verbose=False)
     module = AttributeModule(arch or DEFAULT_ARCH, export_dir=str(directory))
-    data = AttributeDataModule(image_size, num_train=num_train, num_val=min(512, num_train), num_test=num_test,
-                               batch_size=batch_size, seed=seed)  # fmt: skip
+    data = AttributeDataModule(
+        image_size,
+        num_train=num_train,
+        num_val=min(512, num_train),
+        num_test=num_test,
+        batch_size=batch_size,
+        seed=seed,
+    )
     trainer = pl.Trainer(
-        max_steps=max_steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        max_steps=max_steps,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
         gradient_clip_val=1.0,
-    )  # fmt: skip
+    )
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, verbose=False)
     return AttributeClassifier.from_pretrained(directory)
@@ -445,6 +504,11 @@ def fit_classifier_main(args: list[str]) -> None:
     """``python -m dalle fit-classifier [LightningCLI options]``: fit, then test (and export) the fitted weights."""
     from core_attention.training import cli_main
 
-    cli = cli_main(AttributeModule, AttributeDataModule, ["fit", *args], description=DESCRIPTION,
-                   prog="python -m dalle fit-classifier")  # fmt: skip
+    cli = cli_main(
+        AttributeModule,
+        AttributeDataModule,
+        ["fit", *args],
+        description=DESCRIPTION,
+        prog="python -m dalle fit-classifier",
+    )
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)

@@ -51,9 +51,7 @@ def clip_similarity(
     return torch.cat(sims).float().cpu()
 
 
-def clip_score(
-    model: CLIP, prompts: Sequence[str], images: Tensor | Sequence[Tensor], batch_size: int = 32
-) -> Tensor:
+def clip_score(model: CLIP, prompts: Sequence[str], images: Tensor | Sequence[Tensor], batch_size: int = 32) -> Tensor:
     """Per-image CLIP score (N,): 100 * max(cosine similarity, 0); report its mean over a set of images."""
     return 100 * clip_similarity(model, prompts, images, batch_size).clamp(min=0)
 

@@ -1,8 +1,8 @@
 """`python -m dalle clip-score`: the CLIP score of image files, or of what a model samples for your prompts.
 
-    python -m dalle clip-score out/grid/ --prompt "a red bicycle" --clip ViT-B-32/openai
-    python -m dalle clip-score --checkpoint RUN/dalle --prompts "a red circle" "a blue square" -n 4 --clip PATH
-    python -m dalle clip-score --pretrained mega --prompts-file prompts.txt -n 4 --clip ViT-B-32/openai
+python -m dalle clip-score out/grid/ --prompt "a red bicycle" --clip ViT-B-32/openai
+python -m dalle clip-score --checkpoint RUN/dalle --prompts "a red circle" "a blue square" -n 4 --clip PATH
+python -m dalle clip-score --pretrained mega --prompts-file prompts.txt -n 4 --clip ViT-B-32/openai
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vit.clip import load_clip
-
 from dalle.data.caption_data import decode_caption
 from dalle.judges.clip_score import clip_score
+from vit.clip import load_clip
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -68,21 +67,32 @@ def clip_score_parser() -> argparse.ArgumentParser:
         "--prompts, to compare models on your own prompts. Prints each image's score and the mean.",
     )
     p.add_argument("images", nargs="*", help="image files or folders (searched recursively)")
-    p.add_argument("--clip", required=True,
-                   help="CLIP weights: a name such as ViT-B-32/openai (downloads once), hf-hub:<repo>, an OpenCLIP "
-                   "folder or file, OpenAI's ViT-B-32.pt, or a CLIP.save_pretrained folder")
+    p.add_argument(
+        "--clip",
+        required=True,
+        help="CLIP weights: a name such as ViT-B-32/openai (downloads once), hf-hub:<repo>, an OpenCLIP "
+        "folder or file, OpenAI's ViT-B-32.pt, or a CLIP.save_pretrained folder",
+    )
     p.add_argument("--variant", default=None, help="CLIP architecture for an OpenCLIP file without its config")
     p.add_argument("--prompt", default=None, help="score every image against this prompt")
     p.add_argument("--checkpoint", default=None, help="generate from this DALL·E checkpoint instead of reading images")
-    p.add_argument("--pretrained", default=None, metavar="mini|mega|DIR",
-                   help="generate with DALL·E Mini / Mega (as `generate --pretrained`) instead of reading images")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="mini|mega|DIR",
+        help="generate with DALL·E Mini / Mega (as `generate --pretrained`) instead of reading images",
+    )
     p.add_argument("--prompts", nargs="+", default=None, help="when generating: the prompts")
     p.add_argument("--prompts-file", default=None, help="when generating: a text file of prompts, one per line")
     p.add_argument("-n", "--num-images", type=int, default=4, help="when generating: images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0, help="when generating: sampling seed (default 0)")
-    p.add_argument("--guidance-scale", type=float, default=None,
-                   help="when generating: classifier-free guidance (default: 1 = off for --checkpoint, 16 for "
-                   "--pretrained, min-dalle's)")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="when generating: classifier-free guidance (default: 1 = off for --checkpoint, 16 for "
+        "--pretrained, min-dalle's)",
+    )
     p.add_argument("--top-p", type=float, default=None, help="when generating: nucleus sampling mass")
     p.add_argument("--json", default=None, help="also write the scores and their mean to this JSON file")
     p.add_argument("--batch-size", type=int, default=32, help="images per CLIP forward pass (default 32)")
@@ -103,16 +113,17 @@ def _generated(args: argparse.Namespace) -> tuple[list[str], Tensor, list[str]]:
 
         pipe = load_pretrained(args.pretrained, device=args.device)
         guidance = 16.0 if args.guidance_scale is None else args.guidance_scale
-        result = generate_pretrained(pipe, prompts, num_images=n, seed=args.seed, guidance_scale=guidance,
-                                     top_p=args.top_p)
+        result = generate_pretrained(
+            pipe, prompts, num_images=n, seed=args.seed, guidance_scale=guidance, top_p=args.top_p
+        )
     else:
-        from dalle.pipeline import generate_images
-        from dalle.pipeline import load_pipeline
+        from dalle.pipeline import generate_images, load_pipeline
 
         model, tokenizer, vae = load_pipeline(args.checkpoint, map_location=torch.device(args.device))
         guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
-        result = generate_images(model, tokenizer, vae, prompts, num_images=n, seed=args.seed,
-                                 guidance_scale=guidance, top_p=args.top_p)
+        result = generate_images(
+            model, tokenizer, vae, prompts, num_images=n, seed=args.seed, guidance_scale=guidance, top_p=args.top_p
+        )
     names = [f"{source}[prompt {p}, image {i}]" for p in range(len(prompts)) for i in range(n)]
     return [p for p in prompts for _ in range(n)], result.images.flatten(0, 1), names
 
@@ -145,8 +156,13 @@ def clip_score_report(argv: list[str]) -> dict:
     std = scores.std().item() if len(scores) > 1 else None  # JSON null: no spread from one image
     spread = f" (std {std:.2f})" if std is not None else ""
     print(f"CLIP score: {mean:.2f}{spread} over {len(scores)} image{'s' if len(scores) > 1 else ''}, CLIP {args.clip}")
-    report = {"clip": str(args.clip), "mean": mean, "std": std, "count": len(scores),
-              "scores": [{"image": n, "prompt": p, "score": s} for n, p, s in zip(names, prompts, scores.tolist())]}
+    report = {
+        "clip": str(args.clip),
+        "mean": mean,
+        "std": std,
+        "count": len(scores),
+        "scores": [{"image": n, "prompt": p, "score": s} for n, p, s in zip(names, prompts, scores.tolist())],
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from dalle.judges.attributes import ATTRIBUTES, AttributeClassifier, scene_labels
 from dalle.data.shapes import HELD_OUT_PAIRS, POSITIONS, SIZES, TRAIN_PAIRS, Scene, Shape, canonical_caption, render
+from dalle.judges.attributes import ATTRIBUTES, AttributeClassifier, scene_labels
 
 if TYPE_CHECKING:
-    from dalle.vae.dvae import DiscreteVAE
     from dalle.pipeline import Reranker
     from dalle.transformer.model import DALLE
     from dalle.transformer.tokenizer import BPETokenizer
+    from dalle.vae.dvae import DiscreteVAE
 
 __all__ = ["QUALITY_BAR", "SPLITS", "evaluate", "evaluate_main", "evaluate_parser", "prompt_scenes", "split_scenes"]
 
@@ -67,7 +67,9 @@ def prompt_scenes(split: str, num_prompts: int, seed: int = 0) -> list[Scene]:
     options = [(size, pos) for size in SIZES for pos in POSITIONS]
     total = len(pairs) * len(options)
     if not 1 <= num_prompts <= total:
-        raise ValueError(f"num_prompts must be in [1, {total}] for the {split} set ({total} distinct scenes), got {num_prompts}")
+        raise ValueError(
+            f"num_prompts must be in [1, {total}] for the {split} set ({total} distinct scenes), got {num_prompts}"
+        )
     rng = random.Random(f"vit-dalle/evaluate/{split}/{seed}")
     rng.shuffle(pairs)
     order = {pair: rng.sample(options, len(options)) for pair in pairs}
@@ -119,10 +121,20 @@ def evaluate(
         prompts = [canonical_caption(s) for s in scenes]
         start = time.perf_counter()
         result = generate_images(
-            model, tokenizer, vae, prompts,
-            num_images=images_per_prompt, candidates=candidates, rerank=rerank, batch_size=batch_size,
-            temperature=temperature, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale, seed=seed + offset,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            vae,
+            prompts,
+            num_images=images_per_prompt,
+            candidates=candidates,
+            rerank=rerank,
+            batch_size=batch_size,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+            seed=seed + offset,
+        )
         seconds = time.perf_counter() - start
         P, n = result.images.shape[:2]
         target = torch.tensor([scene_labels(s) for s in scenes]).repeat_interleave(n, dim=0)  # (P * n, 4)
@@ -154,10 +166,14 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [header, "-" * len(header)]
     for split in splits:
         r = report[split]
-        lines.append(f"{split:<10} {r['num_prompts']:>7} {r['num_images']:>7} "
-                     + " ".join(f"{100 * r['accuracy'][m]:>8.1f}%" for m in METRICS))  # fmt: skip
-    for key, title in (("classifier_on_real", "classifier on exact renders of the same prompts (the classifier's ceiling):"),
-                       ("dvae_ceiling", "classifier on dVAE round trips of those renders (what this dVAE lets a model reach):")):
+        lines.append(
+            f"{split:<10} {r['num_prompts']:>7} {r['num_images']:>7} "
+            + " ".join(f"{100 * r['accuracy'][m]:>8.1f}%" for m in METRICS)
+        )
+    for key, title in (
+        ("classifier_on_real", "classifier on exact renders of the same prompts (the classifier's ceiling):"),
+        ("dvae_ceiling", "classifier on dVAE round trips of those renders (what this dVAE lets a model reach):"),
+    ):
         lines.append(title)
         for split in splits:
             r = report[split][key]
@@ -174,7 +190,9 @@ def save_grid(images: Tensor, correct: Tensor, path: str | Path, max_prompts: in
     P, n = images.shape[:2]
     green, red = torch.tensor([0.1, 0.8, 0.1]), torch.tensor([0.9, 0.1, 0.1])
     colours = torch.where(correct.reshape(-1, 1), green, red)  # (P * n, 3)
-    framed = colours[:, :, None, None].expand(-1, -1, images.shape[-2] + 2 * border, images.shape[-1] + 2 * border).clone()
+    framed = (
+        colours[:, :, None, None].expand(-1, -1, images.shape[-2] + 2 * border, images.shape[-1] + 2 * border).clone()
+    )
     framed[:, :, border:-border, border:-border] = images.flatten(0, 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,8 +200,9 @@ def save_grid(images: Tensor, correct: Tensor, path: str | Path, max_prompts: in
     return path
 
 
-def get_classifier(directory: str | Path, image_size: int, *, train_steps: int = 800,
-                   device: torch.device | str = "cpu") -> AttributeClassifier:  # fmt: skip
+def get_classifier(
+    directory: str | Path, image_size: int, *, train_steps: int = 800, device: torch.device | str = "cpu"
+) -> AttributeClassifier:
     """The classifier in ``directory``; trained there with the short recipe first if the folder has none."""
     from dalle.judges.attributes import WEIGHTS_NAME, train_classifier
 
@@ -191,12 +210,18 @@ def get_classifier(directory: str | Path, image_size: int, *, train_steps: int =
     if (directory / WEIGHTS_NAME).is_file():
         classifier = AttributeClassifier.from_pretrained(directory)
     else:
-        print(f"no attribute classifier in {directory}: training one for {image_size}px images ({train_steps} steps, "
-              "about a minute on 2 CPU cores); it is cached there for later runs", flush=True)  # fmt: skip
+        print(
+            f"no attribute classifier in {directory}: training one for {image_size}px images ({train_steps} steps, "
+            "about a minute on 2 CPU cores); it is cached there for later runs",
+            flush=True,
+        )
         classifier = train_classifier(directory, image_size, max_steps=train_steps)
     test = classifier.metrics.get("test_accuracy")
     if test:
-        print("classifier test accuracy on real shapes images: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()))
+        print(
+            "classifier test accuracy on real shapes images: "
+            + ", ".join(f"{k} {100 * v:.2f}%" for k, v in test.items())
+        )
     return classifier.to(device).eval()
 
 
@@ -212,14 +237,27 @@ def evaluate_parser() -> argparse.ArgumentParser:
         "per set spread evenly over its colour-shape pairs (see the module docstring of dalle.judges.evaluate).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True,
-                   help="the DALL·E to evaluate: a .ckpt written by `python -m dalle fit` or an exported folder (as for `generate`)")  # fmt: skip
-    p.add_argument("--classifier", default=None,
-                   help="attribute classifier folder (save_pretrained). Trained there and cached if it holds none. "
-                   "Default: runs/attribute_classifier_<image size>px")  # fmt: skip
-    p.add_argument("--classifier-steps", type=int, default=800, help="training steps when the classifier has to be trained (the configs/dalle/attributes.yaml recipe)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="the DALL·E to evaluate: a .ckpt written by `python -m dalle fit` or an exported folder (as for `generate`)",
+    )
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="attribute classifier folder (save_pretrained). Trained there and cached if it holds none. "
+        "Default: runs/attribute_classifier_<image size>px",
+    )
+    p.add_argument(
+        "--classifier-steps",
+        type=int,
+        default=800,
+        help="training steps when the classifier has to be trained (the configs/dalle/attributes.yaml recipe)",
+    )
     p.add_argument("--out", default="runs/evaluate", help="folder for report.json and the PNG grids")
-    p.add_argument("--num-prompts", type=int, default=64, help="prompts per set (held-in: at most 594, held-out: at most 126)")
+    p.add_argument(
+        "--num-prompts", type=int, default=64, help="prompts per set (held-in: at most 594, held-out: at most 126)"
+    )
     p.add_argument("--images-per-prompt", type=int, default=4, help="images generated per prompt")
     p.add_argument("--prompt-seed", type=int, default=0, help="which scenes are drawn as prompts")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (held-in set; the held-out set uses seed + 1)")
@@ -228,10 +266,18 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely image tokens (default: no filter)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default: no filter)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
-    p.add_argument("--reranker", default=None,
-                   help="contrastive reranker (folder or .ckpt from `python -m dalle fit-reranker`): sample --candidates "
-                   "per prompt and keep the --images-per-prompt best")  # fmt: skip
-    p.add_argument("--candidates", type=int, default=None, help="candidates per prompt with --reranker (default 4x --images-per-prompt)")
+    p.add_argument(
+        "--reranker",
+        default=None,
+        help="contrastive reranker (folder or .ckpt from `python -m dalle fit-reranker`): sample --candidates "
+        "per prompt and keep the --images-per-prompt best",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="candidates per prompt with --reranker (default 4x --images-per-prompt)",
+    )
     p.add_argument("--grid-prompts", type=int, default=12, help="prompts (rows) shown in each PNG grid")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device to generate on")
     return p
@@ -243,7 +289,9 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     limit = min(len(split_scenes(s)) for s in SPLITS)
     if args.num_prompts > limit:
-        p.error(f"--num-prompts must be <= {limit} (the held-out set has {limit} distinct one-shape scenes), got {args.num_prompts}")
+        p.error(
+            f"--num-prompts must be <= {limit} (the held-out set has {limit} distinct one-shape scenes), got {args.num_prompts}"
+        )
     if args.candidates is not None and args.reranker is None:
         p.error("--candidates needs --reranker (the model that picks the best candidates)")
     if args.candidates is not None and args.candidates < args.images_per_prompt:
@@ -255,8 +303,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from dalle.transformer.sampling import check_sampling_args
     from dalle.pipeline import load_pipeline
+    from dalle.transformer.sampling import check_sampling_args
 
     parser = evaluate_parser()
     args = parser.parse_args(argv)
@@ -279,17 +327,34 @@ def evaluate_main(argv: list[str]) -> int:
         candidates = args.candidates or 4 * args.images_per_prompt
 
     report = evaluate(
-        model, tokenizer, vae, classifier,
-        num_prompts=args.num_prompts, images_per_prompt=args.images_per_prompt, prompt_seed=args.prompt_seed,
-        seed=args.seed, batch_size=args.batch_size, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        guidance_scale=args.guidance_scale, candidates=candidates, rerank=rerank,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        vae,
+        classifier,
+        num_prompts=args.num_prompts,
+        images_per_prompt=args.images_per_prompt,
+        prompt_seed=args.prompt_seed,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance_scale,
+        candidates=candidates,
+        rerank=rerank,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grids = {}
     for split in SPLITS:
-        grids[split] = str(save_grid(report[split].pop("images"), report[split].pop("correct"), out / f"grid_{split}.png",
-                                     max_prompts=args.grid_prompts))  # fmt: skip
+        grids[split] = str(
+            save_grid(
+                report[split].pop("images"),
+                report[split].pop("correct"),
+                out / f"grid_{split}.png",
+                max_prompts=args.grid_prompts,
+            )
+        )
     passed = {s: report[s]["accuracy"]["all"] >= QUALITY_BAR[s] for s in SPLITS}
     full = {
         # The headline: per-attribute and all-attributes accuracy of each prompt set, and the quality bar.
@@ -299,17 +364,26 @@ def evaluate_main(argv: list[str]) -> int:
         "classifier_test_accuracy": classifier.metrics.get("test_accuracy"),
         "reranker": args.reranker,
         "settings": {
-            "num_prompts": args.num_prompts, "images_per_prompt": args.images_per_prompt, "candidates": candidates,
-            "prompt_seed": args.prompt_seed, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "guidance_scale": args.guidance_scale, "image_size": vae.image_size,
-        },  # fmt: skip
+            "num_prompts": args.num_prompts,
+            "images_per_prompt": args.images_per_prompt,
+            "candidates": candidates,
+            "prompt_seed": args.prompt_seed,
+            "seed": args.seed,
+            "temperature": args.temperature,
+            "top_k": args.top_k,
+            "top_p": args.top_p,
+            "guidance_scale": args.guidance_scale,
+            "image_size": vae.image_size,
+        },
         **report,
         "quality_bar": {"all_attributes": QUALITY_BAR, "passed": passed},
         "grids": grids,
     }
     (out / "report.json").write_text(json.dumps(full, indent=2) + "\n")
     print(format_table(report))
-    print("quality bar (all attributes): " + ", ".join(
-        f"{s} >= {100 * QUALITY_BAR[s]:.0f}%: {'PASS' if passed[s] else 'FAIL'}" for s in SPLITS))  # fmt: skip
+    print(
+        "quality bar (all attributes): "
+        + ", ".join(f"{s} >= {100 * QUALITY_BAR[s]:.0f}%: {'PASS' if passed[s] else 'FAIL'}" for s in SPLITS)
+    )
     print(f"wrote {out / 'report.json'}, {grids['held_in']} and {grids['held_out']}")
     return 0

@@ -30,10 +30,9 @@ from torch import Tensor, nn
 from core_attention import Encoder, LearnedPositionalEmbedding, init_weights, key_padding_mask
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 from core_attention.training import adamw_warmup_cosine
-from vit import ViTConfig, VisionTransformer
-
 from dalle.data.shapes import parse_caption
 from dalle.transformer.tokenizer import BPETokenizer
+from vit import VisionTransformer, ViTConfig
 
 __all__ = [
     "ContrastiveReranker",
@@ -51,8 +50,17 @@ WEIGHTS_NAME, CONFIG_NAME, TOKENIZER_NAME = "model.safetensors", "config.json", 
 def _default_image_arch() -> ViTConfig:
     # As the attribute classifier's: one 16 px patch per cell of the shapes' 3x3 grid (inputs resized to 48 px), and
     # no pooling: the projection reads all 9 tokens, so where a shape is stays a linear read-out.
-    return ViTConfig(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False, embed_dim=96, depth=2,
-                     num_heads=4, mlp_ratio=2.0)  # fmt: skip
+    return ViTConfig(
+        img_size=48,
+        patch_size=16,
+        num_classes=0,
+        global_pool="",
+        class_token=False,
+        embed_dim=96,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+    )
 
 
 @dataclass
@@ -84,7 +92,9 @@ class RerankerConfig:
         if isinstance(self.image_arch, dict):
             self.image_arch = ViTConfig.from_dict(self.image_arch)
         if self.image_arch.num_classes != 0:
-            raise ValueError(f"image_arch must have num_classes=0 (the reranker projects the features itself), got {self.image_arch.num_classes}")
+            raise ValueError(
+                f"image_arch must have num_classes=0 (the reranker projects the features itself), got {self.image_arch.num_classes}"
+            )
         for name in ("text_vocab_size", "text_seq_len", "text_dim", "text_depth", "text_heads", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -152,7 +162,9 @@ class ContrastiveReranker(nn.Module):
         return self.image_encoder.patch_embed.img_size
 
     def no_weight_decay(self) -> set[str]:
-        return {"token_emb.weight", "text_pos.weight", "logit_scale"} | {f"image_encoder.{n}" for n in self.image_encoder.no_weight_decay()}
+        return {"token_emb.weight", "text_pos.weight", "logit_scale"} | {
+            f"image_encoder.{n}" for n in self.image_encoder.no_weight_decay()
+        }
 
     # ---- encoders ----------------------------------------------------------------------------------------------
 
@@ -160,9 +172,13 @@ class ContrastiveReranker(nn.Module):
         """(B, T) token ids, 0 = padding -> (B, E) unit vectors."""
         c = self.config
         if ids.dim() != 2 or ids.shape[1] != c.text_seq_len or ids.is_floating_point():
-            raise ValueError(f"text must be (B, text_seq_len={c.text_seq_len}) integer ids, got {tuple(ids.shape)} {ids.dtype}")
+            raise ValueError(
+                f"text must be (B, text_seq_len={c.text_seq_len}) integer ids, got {tuple(ids.shape)} {ids.dtype}"
+            )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.text_vocab_size):
-            raise ValueError(f"text ids must be in [0, {c.text_vocab_size - 1}], got [{int(ids.min())}, {int(ids.max())}]")
+            raise ValueError(
+                f"text ids must be in [0, {c.text_vocab_size - 1}], got [{int(ids.min())}, {int(ids.max())}]"
+            )
         is_pad = ids == 0
         is_pad[:, 0] = False  # an empty prompt keeps one (padding) token to attend to instead of an all-masked row
         x = self.text_encoder(self.text_pos(self.token_emb(ids)), mask=key_padding_mask(is_pad))  # (B, T, D)
@@ -173,7 +189,9 @@ class ContrastiveReranker(nn.Module):
     def encode_image(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] at the image encoder's img_size (see :meth:`prepare_images`) -> (B, E) unit vectors."""
         x = (self.prepare_images(images) - 0.5) / 0.5
-        features = self.image_encoder.forward_head(self.image_encoder.forward_features(x), pre_logits=True)  # (B, [L,] D)
+        features = self.image_encoder.forward_head(
+            self.image_encoder.forward_features(x), pre_logits=True
+        )  # (B, [L,] D)
         return F.normalize(self.image_proj(features.flatten(1)), dim=-1)
 
     def forward(self, text: Tensor, images: Tensor) -> Tensor:
@@ -185,7 +203,9 @@ class ContrastiveReranker(nn.Module):
 
     def tokenize(self, prompts: Sequence[str]) -> Tensor:
         if self.tokenizer is None:
-            raise RuntimeError("this reranker has no tokenizer: load it with load_reranker(...) or attach one (.tokenizer = ...)")
+            raise RuntimeError(
+                "this reranker has no tokenizer: load it with load_reranker(...) or attach one (.tokenizer = ...)"
+            )
         return self.tokenizer.encode_batch(list(prompts), self.config.text_seq_len)
 
     def prepare_images(self, images: Tensor) -> Tensor:
@@ -202,7 +222,9 @@ class ContrastiveReranker(nn.Module):
         """Cosine similarity of each prompt with its image: prompts[i] vs images[i] -> (N,) in [-1, 1], higher is better."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if len(prompts) != images.shape[0]:
-            raise ValueError(f"score pairs prompts[i] with images[i]: got {len(prompts)} prompts for {images.shape[0]} images")
+            raise ValueError(
+                f"score pairs prompts[i] with images[i]: got {len(prompts)} prompts for {images.shape[0]} images"
+            )
         was_training = self.training
         self.eval()
         device = self.logit_scale.device
@@ -249,7 +271,9 @@ class ContrastiveReranker(nn.Module):
             )
         state_dict, meta = load_safetensors(directory / WEIGHTS_NAME, device=str(map_location))
         if meta.get("architecture") != "ContrastiveReranker":
-            raise ValueError(f"{directory / WEIGHTS_NAME} is not a reranker (header architecture={meta.get('architecture')!r})")
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME} is not a reranker (header architecture={meta.get('architecture')!r})"
+            )
         model = cls(RerankerConfig.from_dict(meta["config"]), BPETokenizer.load(directory / TOKENIZER_NAME))
         load_state_dict_checked(model, state_dict, source=str(directory / WEIGHTS_NAME))
         model.metrics = meta.get("metrics", {})
@@ -379,7 +403,7 @@ class RerankerModule(pl.LightningModule):
         if all(s is not None for s in scenes):
             same = torch.tensor([[a == b for b in scenes] for a in scenes], device=logits.device)  # (B, B)
             values["text_to_image_scene_top1"] = same[target, logits.argmax(1)].float().mean()
-            values["duplicate_fraction"] = ((same.sum(1) > 1).float().mean())
+            values["duplicate_fraction"] = (same.sum(1) > 1).float().mean()
         for name, value in values.items():
             self.log(f"{split}/{name}", value, prog_bar=name == "text_to_image_top1", batch_size=int(n), sync_dist=True)
 
@@ -403,9 +427,14 @@ class RerankerModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         return adamw_warmup_cosine(
-            self.model, self.trainer.estimated_stepping_batches, lr=hp.lr, min_lr=hp.min_lr,
-            weight_decay=hp.weight_decay, warmup_lr=hp.lr * 0.01, warmup_fraction=hp.warmup_fraction,
-        )  # fmt: skip
+            self.model,
+            self.trainer.estimated_stepping_batches,
+            lr=hp.lr,
+            min_lr=hp.min_lr,
+            weight_decay=hp.weight_decay,
+            warmup_lr=hp.lr * 0.01,
+            warmup_fraction=hp.warmup_fraction,
+        )
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         scheduler.step_update(num_updates=self.global_step)
@@ -428,7 +457,13 @@ def fit_reranker_main(args: list[str]) -> None:
     """``python -m dalle fit-reranker [LightningCLI options]``: fit, then test the fitted weights."""
     from core_attention.training import cli_main
 
-    cli = cli_main(RerankerModule, pl.LightningDataModule, ["fit", *args], subclass_mode_data=True, description=DESCRIPTION,
-                   prog="python -m dalle fit-reranker")  # fmt: skip
+    cli = cli_main(
+        RerankerModule,
+        pl.LightningDataModule,
+        ["fit", *args],
+        subclass_mode_data=True,
+        description=DESCRIPTION,
+        prog="python -m dalle fit-reranker",
+    )
     if cli.datamodule is not None and hasattr(cli.datamodule, "test_dataloader"):
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=True)

@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from core_attention import DecoderCache, KVCache, LearnedPositionalEmbedding, Linear, NormFormerBlock
-
 from dalle.transformer.sampling import check_sampling_args, filter_logits, guide_logits
 
 __all__ = ["ARCHITECTURE", "DalleBart", "DalleBartConfig", "sample_image_tokens"]
@@ -66,8 +65,15 @@ class DalleBartConfig:
 
     @classmethod
     def mega(cls, **overrides) -> DalleBartConfig:
-        mega = dict(text_vocab_size=50272, image_vocab_size=16415, dim=2048, encoder_depth=24, decoder_depth=24,
-                    num_heads=32, glu_dim=4096)
+        mega = dict(
+            text_vocab_size=50272,
+            image_vocab_size=16415,
+            dim=2048,
+            encoder_depth=24,
+            decoder_depth=24,
+            num_heads=32,
+            glu_dim=4096,
+        )
         return cls(**{**mega, **overrides})
 
     def to_dict(self) -> dict:
@@ -135,7 +141,10 @@ class ImageDecoder(_Stack):
         x = self.embed(ids, cache.length if cache is not None else 0)
         for i, block in enumerate(self.blocks):
             x = block(
-                x, context, is_causal=True, context_mask=context_mask,
+                x,
+                context,
+                is_causal=True,
+                context_mask=context_mask,
                 cache=cache.self_attn[i] if cache is not None else None,
                 cross_cache=cache.cross_attn[i] if cache is not None else None,
             )
@@ -169,8 +178,10 @@ class DalleBart(nn.Module):
         if text.dim() != 2 or text.shape[1] != c.text_seq_len:
             raise ValueError(f"text must be (B, {c.text_seq_len}) token ids, got {tuple(text.shape)}")
         if text.min() < 0 or text.max() >= c.text_vocab_size:
-            raise ValueError(f"text ids must be in [0, {c.text_vocab_size}), got [{text.min()}, {text.max()}]: was the "
-                             "tokenizer made for another checkpoint?")
+            raise ValueError(
+                f"text ids must be in [0, {c.text_vocab_size}), got [{text.min()}, {text.max()}]: was the "
+                "tokenizer made for another checkpoint?"
+            )
         return self.encoder(text, self.text_mask(text))
 
     def forward(self, text: Tensor, image_in: Tensor) -> Tensor:
@@ -184,8 +195,10 @@ class DalleBart(nn.Module):
         make = lambda b, n, static: KVCache(  # noqa: E731
             b, n, c.num_heads, c.dim // c.num_heads, dtype=dtype or self.dtype, device=self.device, static=static
         )
-        return DecoderCache([make(rows, c.image_seq_len, False) for _ in range(c.decoder_depth)],
-                            [make(context_rows or rows, c.text_seq_len, True) for _ in range(c.decoder_depth)])
+        return DecoderCache(
+            [make(rows, c.image_seq_len, False) for _ in range(c.decoder_depth)],
+            [make(context_rows or rows, c.text_seq_len, True) for _ in range(c.decoder_depth)],
+        )
 
     def generation_bytes(self, rows: int) -> int:
         """Rough memory of decoding `rows` sequences at once (the self-attention cache dominates) beside the weights."""
@@ -279,8 +292,9 @@ class DalleBart(nn.Module):
         directory = Path(directory)
         config = json.loads((directory / "config.json").read_text())
         if config.get("architecture") != ARCHITECTURE:
-            raise ValueError(f"{directory}/config.json is not a {ARCHITECTURE} config (architecture "
-                             f"{config.get('architecture')!r})")
+            raise ValueError(
+                f"{directory}/config.json is not a {ARCHITECTURE} config (architecture {config.get('architecture')!r})"
+            )
         with torch.device("meta"):
             model = cls(DalleBartConfig.from_dict(config))
         state = load_file(directory / "model.safetensors", device=str(device))

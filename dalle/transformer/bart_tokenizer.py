@@ -29,14 +29,16 @@ class BartTokenizer:
 
     def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]]) -> None:
         tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=list(merges), unk_token="<unk>"))
-        tokenizer.normalizer = normalizers.Sequence([
-            normalizers.Lowercase(),  # before dropping non-ASCII, as min-dalle does ("İ".lower() keeps an "i")
-            normalizers.Replace(Regex(r"[^\x00-\x7F]"), ""),
-            normalizers.Replace(Regex(" +"), " "),
-            normalizers.Replace(Regex("^ | $"), ""),
-            normalizers.Replace(" ", WORD_START),
-            normalizers.Prepend(WORD_START),
-        ])
+        tokenizer.normalizer = normalizers.Sequence(
+            [
+                normalizers.Lowercase(),  # before dropping non-ASCII, as min-dalle does ("İ".lower() keeps an "i")
+                normalizers.Replace(Regex(r"[^\x00-\x7F]"), ""),
+                normalizers.Replace(Regex(" +"), " "),
+                normalizers.Replace(Regex("^ | $"), ""),
+                normalizers.Replace(" ", WORD_START),
+                normalizers.Prepend(WORD_START),
+            ]
+        )
         tokenizer.pre_tokenizer = pre_tokenizers.Split(WORD_START, behavior="merged_with_next")
         self.tokenizer = tokenizer
         self.bos, self.pad, self.eos = (vocab[t] for t in ("<s>", "<pad>", "</s>"))
@@ -73,8 +75,10 @@ class BartTokenizer:
     def encode(self, text: str, length: int = 64) -> torch.Tensor:
         ids = self.tokenize(text)
         if len(ids) > length:
-            warnings.warn(f"prompt cut from {len(ids)} to {length} tokens (as min-dalle does, its </s> too): {text!r}",
-                          stacklevel=2)
+            warnings.warn(
+                f"prompt cut from {len(ids)} to {length} tokens (as min-dalle does, its </s> too): {text!r}",
+                stacklevel=2,
+            )
             ids = ids[:length]
         return torch.tensor(ids + [self.pad] * (length - len(ids)), dtype=torch.long)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dalle.weight_files import WeightsError, flatten, read_flax_msgpack, read_torch_state_dict
 from dalle.transformer.bart import DalleBart, DalleBartConfig
+from dalle.weight_files import WeightsError, flatten, read_flax_msgpack, read_torch_state_dict
 
 __all__ = ["config_from_flax", "config_from_state", "flax_to_min_dalle", "load_dalle_bart", "min_dalle_to_ours"]
 
@@ -42,8 +42,12 @@ _LAYER_NAMES = {
     "self_attn.out_proj": "attn.proj",
     "encoder_attn.out_proj": "cross_attn.proj",
 }
-_STACK_NAMES = {"layernorm_embedding": "norm_embed", "final_ln": "norm", "embed_tokens": "embed_tokens",
-                "embed_positions": "embed_positions"}
+_STACK_NAMES = {
+    "layernorm_embedding": "norm_embed",
+    "final_ln": "norm",
+    "embed_tokens": "embed_tokens",
+    "embed_positions": "embed_positions",
+}
 _LAYER = re.compile(r"layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
@@ -98,17 +102,21 @@ def config_from_state(state: dict[str, Tensor], **overrides) -> DalleBartConfig:
     """Sizes read off a `DalleBart` state dict's shapes (the head count assumes 64-wide heads unless given)."""
     try:
         text_vocab, dim = state["encoder.embed_tokens.weight"].shape
+
         def depth(stack: str) -> int:
             return 1 + max(int(k.split(".")[2]) for k in state if k.startswith(f"{stack}.blocks."))
 
         found = dict(
-            text_vocab_size=text_vocab, dim=dim, num_heads=dim // HEAD_DIM,
+            text_vocab_size=text_vocab,
+            dim=dim,
+            num_heads=dim // HEAD_DIM,
             text_seq_len=state["encoder.embed_positions.weight"].shape[0],
             image_vocab_size=state["decoder.embed_tokens.weight"].shape[0] - 1,
             codebook_size=min(2**14, state["decoder.embed_tokens.weight"].shape[0] - 1),  # the VQGAN's 16384 codes
             image_seq_len=state["decoder.embed_positions.weight"].shape[0],
             glu_dim=state["encoder.blocks.0.mlp.fc0.weight"].shape[0],
-            encoder_depth=depth("encoder"), decoder_depth=depth("decoder"),
+            encoder_depth=depth("encoder"),
+            decoder_depth=depth("decoder"),
         )
     except (KeyError, ValueError) as err:
         raise WeightsError(f"these are not DALL·E Mini / Mega weights (cannot read their sizes: {err})") from None
@@ -116,10 +124,23 @@ def config_from_state(state: dict[str, Tensor], **overrides) -> DalleBartConfig:
 
 
 # The options of dalle-mini's DalleBartConfig that both published checkpoints use; anything else is another model.
-_PUBLISHED = dict(ln_type="layernorm", ln_positions="normformer", use_glu=True, use_bias=False, scale_embedding=False,
-                  use_head_scale=False, use_cosine_attention=False, use_swin_position_embeddings=False,
-                  use_absolute_position_embeddings=True, use_final_ln_encoder=True, use_final_ln_decoder=True,
-                  use_alibi=False, sinkhorn_iters=1, activation_function="gelu", tie_word_embeddings=False)
+_PUBLISHED = dict(
+    ln_type="layernorm",
+    ln_positions="normformer",
+    use_glu=True,
+    use_bias=False,
+    scale_embedding=False,
+    use_head_scale=False,
+    use_cosine_attention=False,
+    use_swin_position_embeddings=False,
+    use_absolute_position_embeddings=True,
+    use_final_ln_encoder=True,
+    use_final_ln_decoder=True,
+    use_alibi=False,
+    sinkhorn_iters=1,
+    activation_function="gelu",
+    tie_word_embeddings=False,
+)
 
 
 def config_from_flax(config: dict, **overrides) -> DalleBartConfig:
@@ -128,19 +149,36 @@ def config_from_flax(config: dict, **overrides) -> DalleBartConfig:
     if variant != _PUBLISHED:
         differs = {k: v for k, v in variant.items() if v != _PUBLISHED[k]}
         raise WeightsError(f"unsupported dalle-mini variant {differs}: only the published Mini / Mega layout loads")
-    required = ("encoder_vocab_size", "image_vocab_size", "max_text_length", "image_length", "d_model",
-                "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
-                "encoder_ffn_dim", "decoder_ffn_dim")
+    required = (
+        "encoder_vocab_size",
+        "image_vocab_size",
+        "max_text_length",
+        "image_length",
+        "d_model",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+    )
     if missing := [k for k in required if k not in config]:
         raise WeightsError(f"the dalle-mini config.json lacks {missing}")
-    if config["encoder_ffn_dim"] != config["decoder_ffn_dim"] or \
-            config["encoder_attention_heads"] != config["decoder_attention_heads"]:
+    if (
+        config["encoder_ffn_dim"] != config["decoder_ffn_dim"]
+        or config["encoder_attention_heads"] != config["decoder_attention_heads"]
+    ):
         raise WeightsError("encoder and decoder of different widths are not supported")
     found = dict(
-        text_vocab_size=config["encoder_vocab_size"], image_vocab_size=config["image_vocab_size"],
-        text_seq_len=config["max_text_length"], image_seq_len=config["image_length"], dim=config["d_model"],
-        encoder_depth=config["encoder_layers"], decoder_depth=config["decoder_layers"],
-        num_heads=config["encoder_attention_heads"], glu_dim=config["encoder_ffn_dim"],
+        text_vocab_size=config["encoder_vocab_size"],
+        image_vocab_size=config["image_vocab_size"],
+        text_seq_len=config["max_text_length"],
+        image_seq_len=config["image_length"],
+        dim=config["d_model"],
+        encoder_depth=config["encoder_layers"],
+        decoder_depth=config["decoder_layers"],
+        num_heads=config["encoder_attention_heads"],
+        glu_dim=config["encoder_ffn_dim"],
         start_token=config.get("decoder_start_token_id", config["image_vocab_size"]),
     )
     return DalleBartConfig(**{**found, **overrides})
@@ -212,16 +250,26 @@ def build(state: dict[str, Tensor], config: DalleBartConfig, source: str) -> Dal
     expected = model.state_dict()
     _fill_norm_scales(state, expected)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
-        details = "; ".join(filter(None, [
-            f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}" if missing else "",
-            f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}" if unexpected else "",
-            f"wrong shapes {wrong[:3]}{' ...' if len(wrong) > 3 else ''}" if wrong else "",
-        ]))
-        raise WeightsError(f"{source} does not fit a DALL·E {config.dim}-wide, {config.encoder_depth}+"
-                           f"{config.decoder_depth}-layer model: {details}")
+        details = "; ".join(
+            filter(
+                None,
+                [
+                    f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}" if missing else "",
+                    f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}" if unexpected else "",
+                    f"wrong shapes {wrong[:3]}{' ...' if len(wrong) > 3 else ''}" if wrong else "",
+                ],
+            )
+        )
+        raise WeightsError(
+            f"{source} does not fit a DALL·E {config.dim}-wide, {config.encoder_depth}+"
+            f"{config.decoder_depth}-layer model: {details}"
+        )
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 

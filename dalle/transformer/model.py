@@ -19,7 +19,6 @@ feeds one token per row (two rows per image with classifier-free guidance, condi
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core_attention import Decoder, LearnedPositionalEmbedding, Linear, init_weights
-
 from dalle.transformer.masks import dalle_mask
 from dalle.transformer.sampling import check_sampling_args, sample_logits
 
@@ -133,10 +131,17 @@ class DALLE(nn.Module):
         self.image_row_emb = nn.Parameter(torch.zeros(g, c.dim))
         self.image_col_emb = nn.Parameter(torch.zeros(g, c.dim))
         self.decoder = Decoder(
-            c.dim, c.depth, c.num_heads,
-            cross_attention=False, mlp_ratio=c.mlp_ratio, num_kv_heads=c.num_kv_heads, qk_norm=c.qk_norm,
-            dropout=c.dropout, attn_drop=c.attn_drop, drop_path_rate=c.drop_path_rate,
-        )  # fmt: skip
+            c.dim,
+            c.depth,
+            c.num_heads,
+            cross_attention=False,
+            mlp_ratio=c.mlp_ratio,
+            num_kv_heads=c.num_kv_heads,
+            qk_norm=c.qk_norm,
+            dropout=c.dropout,
+            attn_drop=c.attn_drop,
+            drop_path_rate=c.drop_path_rate,
+        )
         self.text_head = Linear(c.dim, c.text_vocab_size)
         self.image_head = Linear(c.dim, c.image_vocab_size)
 
@@ -159,7 +164,14 @@ class DALLE(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Embedding tables (timm convention): norms and biases are excluded by the optimizer on ndim < 2."""
-        return {"text_emb.weight", "text_pad_emb", "text_pos.weight", "image_emb.weight", "image_row_emb", "image_col_emb"}
+        return {
+            "text_emb.weight",
+            "text_pad_emb",
+            "text_pos.weight",
+            "image_emb.weight",
+            "image_row_emb",
+            "image_col_emb",
+        }
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.decoder.set_grad_checkpointing(enable)
@@ -194,9 +206,13 @@ class DALLE(nn.Module):
             raise ValueError("image token ids must be an integer tensor (B, h, w) or (B, n)")
         ids = ids.flatten(1) if ids.dim() == 3 else ids
         if ids.dim() != 2 or ids.shape[1] > max_len:
-            raise ValueError(f"image token ids must be (B, n) with n <= {max_len} or (B, {c.image_grid_size}, {c.image_grid_size}), got {tuple(ids.shape)}")
+            raise ValueError(
+                f"image token ids must be (B, n) with n <= {max_len} or (B, {c.image_grid_size}, {c.image_grid_size}), got {tuple(ids.shape)}"
+            )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.image_vocab_size):
-            raise ValueError(f"image ids must be in [0, {c.image_vocab_size - 1}] (the dVAE's num_tokens), got [{int(ids.min())}, {int(ids.max())}]")
+            raise ValueError(
+                f"image ids must be in [0, {c.image_vocab_size - 1}] (the dVAE's num_tokens), got [{int(ids.min())}, {int(ids.max())}]"
+            )
         return ids.long()
 
     # ------------------------------------------------------------------------------------------------ forward
@@ -223,7 +239,9 @@ class DALLE(nn.Module):
         image = image.flatten(1)
         c = self.config
         if image.shape[1] != c.image_seq_len or image.shape[0] != text.shape[0]:
-            raise ValueError(f"expected {text.shape[0]} images of {c.image_seq_len} tokens, got image ids {tuple(image.shape)}")
+            raise ValueError(
+                f"expected {text.shape[0]} images of {c.image_seq_len} tokens, got image ids {tuple(image.shape)}"
+            )
         x = torch.cat([self.embed_text(text), self.embed_image(image[:, :-1])], dim=1)  # (B, T + N, dim)
         h = self.decoder(x, mask=self.layer_masks(0, x.shape[1]))
         out = DALLEOutput(self.text_head(h[:, : c.text_seq_len]), self.image_head(h[:, c.text_seq_len :]))
@@ -390,4 +408,3 @@ def available_memory(device: torch.device) -> int | None:
         except (ValueError, OSError, AttributeError):
             return None
     return None
-

@@ -30,9 +30,10 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from ..vae.dvae import DiscreteVAE, DVAEConfig
 from dalle.transformer.model import DALLE, DALLEConfig
 from dalle.transformer.tokenizer import BPETokenizer
+
+from ..vae.dvae import DiscreteVAE, DVAEConfig
 
 __all__ = ["DALLEModule", "fit_main"]
 
@@ -145,12 +146,23 @@ class DALLEModule(pl.LightningModule):
     def model_config(self, text_vocab_size: int) -> DALLEConfig:
         hp = self.hparams
         return DALLEConfig(
-            text_vocab_size=text_vocab_size, text_seq_len=hp.text_seq_len,
-            image_vocab_size=self.vae.num_tokens, image_grid_size=self.vae.grid_size,
-            dim=hp.dim, depth=hp.depth, num_heads=hp.num_heads, num_kv_heads=hp.num_kv_heads, mlp_ratio=hp.mlp_ratio,
-            qk_norm=hp.qk_norm, dropout=hp.dropout, attn_drop=hp.attn_drop, drop_path_rate=hp.drop_path_rate,
-            attn_types=tuple(hp.attn_types), conv_kernel_size=hp.conv_kernel_size, loss_img_weight=hp.loss_img_weight,
-        )  # fmt: skip
+            text_vocab_size=text_vocab_size,
+            text_seq_len=hp.text_seq_len,
+            image_vocab_size=self.vae.num_tokens,
+            image_grid_size=self.vae.grid_size,
+            dim=hp.dim,
+            depth=hp.depth,
+            num_heads=hp.num_heads,
+            num_kv_heads=hp.num_kv_heads,
+            mlp_ratio=hp.mlp_ratio,
+            qk_norm=hp.qk_norm,
+            dropout=hp.dropout,
+            attn_drop=hp.attn_drop,
+            drop_path_rate=hp.drop_path_rate,
+            attn_types=tuple(hp.attn_types),
+            conv_kernel_size=hp.conv_kernel_size,
+            loss_img_weight=hp.loss_img_weight,
+        )
 
     def _build(self, tokenizer: BPETokenizer) -> None:
         self.tokenizer = tokenizer
@@ -241,8 +253,10 @@ class DALLEModule(pl.LightningModule):
                 "as model.tokenizer_path"
             )
         else:  # still before the optimizers exist: rebuild at the checkpoint's vocabulary, its weights load next
-            rank_zero_info(f"resuming with the checkpoint's tokenizer (vocab {saved.vocab_size}), not the one trained at "
-                           f"setup (vocab {self.tokenizer.vocab_size})")  # fmt: skip
+            rank_zero_info(
+                f"resuming with the checkpoint's tokenizer (vocab {saved.vocab_size}), not the one trained at "
+                f"setup (vocab {self.tokenizer.vocab_size})"
+            )
             self._build(saved)
         if self._trainer is not None:
             self._save_tokenizer()
@@ -296,7 +310,9 @@ class DALLEModule(pl.LightningModule):
         n = text.shape[0]
         # synced: every rank holds (and checkpoint/early-stopping callbacks monitor) the mean over all ranks
         self.log("train/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
-        self.log_dict({"train/text_loss": out.text_loss, "train/image_loss": out.image_loss}, sync_dist=True, batch_size=n)
+        self.log_dict(
+            {"train/text_loss": out.text_loss, "train/image_loss": out.image_loss}, sync_dist=True, batch_size=n
+        )
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return out.loss
 
@@ -316,8 +332,12 @@ class DALLEModule(pl.LightningModule):
         prompts = list(hp.sample_prompts or DEFAULT_SAMPLE_PROMPTS)
         text = self.tokenizer.encode_batch(prompts, hp.text_seq_len).repeat_interleave(hp.sample_images_per_prompt, 0)
         ids = self.model.generate(
-            text, temperature=hp.sample_temperature, top_k=hp.sample_top_k, top_p=hp.sample_top_p,
-            guidance_scale=hp.sample_guidance_scale, generator=torch.Generator(self.model.device).manual_seed(hp.sample_seed),
+            text,
+            temperature=hp.sample_temperature,
+            top_k=hp.sample_top_k,
+            top_p=hp.sample_top_p,
+            guidance_scale=hp.sample_guidance_scale,
+            generator=torch.Generator(self.model.device).manual_seed(hp.sample_seed),
         )  # (P * n, image_seq_len)
         return self.vae.decode(ids.to(next(self.vae.parameters()).device)).float().cpu()
 
@@ -362,8 +382,9 @@ class DALLEModule(pl.LightningModule):
                 (no_decay if param.ndim < 2 or name in skip else decay).append(param)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=tuple(hp.betas),
-        )  # fmt: skip
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 10**9
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total))
@@ -382,7 +403,10 @@ class DALLEModule(pl.LightningModule):
         elapsed = (time.perf_counter() - (self._fit_start or time.perf_counter())) / 60
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"DALLE after {self.global_step} steps ({elapsed:.1f} min): {figures or 'no validation'}. Exported to {folder}", flush=True)
+        print(
+            f"DALLE after {self.global_step} steps ({elapsed:.1f} min): {figures or 'no validation'}. Exported to {folder}",
+            flush=True,
+        )
 
     def export(self, folder: str | os.PathLike) -> Path:
         """Save model.safetensors + tokenizer.json + vae/ into `folder` (what `load_pipeline(folder)` reads)."""

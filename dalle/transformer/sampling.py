@@ -11,9 +11,13 @@ from torch import Tensor
 __all__ = ["check_sampling_args", "filter_logits", "guide_logits", "sample_logits", "sampling_logits"]
 
 
-def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, guidance_scale: float = 1.0) -> None:
+def check_sampling_args(
+    temperature: float, top_k: int | None, top_p: float | None, guidance_scale: float = 1.0
+) -> None:
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature} (use a small value such as 0.1 for near-greedy sampling)")
+        raise ValueError(
+            f"temperature must be > 0, got {temperature} (use a small value such as 0.1 for near-greedy sampling)"
+        )
     if top_k is not None and (int(top_k) != top_k or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 (or None for no top-k filter), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

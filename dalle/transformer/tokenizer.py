@@ -22,20 +22,24 @@ _WORD_MARK = "▁"
 
 def _empty_tokenizer() -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN, fuse_unk=True))
-    tokenizer.normalizer = normalizers.Sequence([
-        normalizers.NFKC(),
-        # StripAccents only removes combining marks, so decompose first and recompose after (NFKC semantics kept).
-        normalizers.NFD(),
-        normalizers.StripAccents(),
-        normalizers.NFC(),
-        normalizers.Lowercase(),
-        normalizers.Replace(Regex(r"\s+"), " "),
-        normalizers.Strip(),
-    ])
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement=_WORD_MARK, prepend_scheme="always"),
-        pre_tokenizers.Punctuation(behavior="isolated"),
-    ])
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.NFKC(),
+            # StripAccents only removes combining marks, so decompose first and recompose after (NFKC semantics kept).
+            normalizers.NFD(),
+            normalizers.StripAccents(),
+            normalizers.NFC(),
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement=_WORD_MARK, prepend_scheme="always"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+        ]
+    )
     tokenizer.decoder = decoders.Metaspace(replacement=_WORD_MARK, prepend_scheme="always")
     return tokenizer
 
@@ -144,7 +148,9 @@ class BPETokenizer:
         """Reads a file written by :meth:`save` (the json file, or the directory holding ``tokenizer.json``)."""
         file = cls._file(path)
         if not file.is_file():
-            raise FileNotFoundError(f"no tokenizer file at {file} (expected a tokenizer.json written by BPETokenizer.save)")
+            raise FileNotFoundError(
+                f"no tokenizer file at {file} (expected a tokenizer.json written by BPETokenizer.save)"
+            )
         try:
             tokenizer = Tokenizer.from_file(str(file))
         except Exception as error:  # the Rust side raises a plain Exception for bad json

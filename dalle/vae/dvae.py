@@ -137,10 +137,19 @@ class DVAEConfig:
         return self.image_size // self.downsample
 
     @classmethod
-    def openai(cls, **overrides) -> "DVAEConfig":
+    def openai(cls, **overrides) -> DVAEConfig:
         """The released DALL·E dVAE: 256 px, f = 8, K = 8192, n_hid = 256, 2 blocks per group, n_init = 128."""
-        base = dict(architecture="openai", image_size=256, channels=3, num_tokens=8192, downsample=8,
-                    hidden_dim=256, num_resblocks=2, codebook_dim=128, loss="logit_laplace")
+        base = dict(
+            architecture="openai",
+            image_size=256,
+            channels=3,
+            num_tokens=8192,
+            downsample=8,
+            hidden_dim=256,
+            num_resblocks=2,
+            codebook_dim=128,
+            loss="logit_laplace",
+        )
         base.update(overrides)
         return cls(**base)
 
@@ -148,7 +157,7 @@ class DVAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DVAEConfig":
+    def from_dict(cls, d: dict) -> DVAEConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -211,7 +220,9 @@ class ResBlock(nn.Module):
     wider convs are faster on a CPU) with GroupNorm + SiLU before each conv.
     """
 
-    def __init__(self, arch: Architecture, n_in: int, n_out: int, kernels: tuple[int, ...], n_hid: int, post_gain: float):
+    def __init__(
+        self, arch: Architecture, n_in: int, n_out: int, kernels: tuple[int, ...], n_hid: int, post_gain: float
+    ):
         super().__init__()
         self.post_gain = post_gain
         self.id_path = _conv(arch, n_in, n_out, 1) if n_in != n_out else nn.Identity()
@@ -247,7 +258,12 @@ class ResBlock(nn.Module):
 
 
 def _blocks(
-    cfg: DVAEConfig, part: Literal["encoder", "decoder"], input_conv: nn.Module, n_in: int, widths: list[int], n_out: int
+    cfg: DVAEConfig,
+    part: Literal["encoder", "decoder"],
+    input_conv: nn.Module,
+    n_in: int,
+    widths: list[int],
+    n_out: int,
 ) -> nn.Sequential:
     """``input`` -> ``group_1`` .. ``group_G`` (``num_resblocks`` ResBlocks each, a 2x max-pool (encoder) or nearest
     upsample (decoder) between groups) -> ``output`` (pre-activation + 1x1 conv to ``n_out``): OpenAI's layout."""
@@ -264,13 +280,25 @@ def _blocks(
             layers.append((f"block_{r + 1}", ResBlock(arch, n_in, w, kernels, w // div, post_gain)))
             n_in = w
         if g < G - 1:  # halve the resolution between encoder groups, double it between decoder groups
-            layers.append(("pool", nn.MaxPool2d(kernel_size=2)) if part == "encoder"
-                          else ("upsample", nn.Upsample(scale_factor=2, mode="nearest")))  # fmt: skip
+            layers.append(
+                ("pool", nn.MaxPool2d(kernel_size=2))
+                if part == "encoder"
+                else ("upsample", nn.Upsample(scale_factor=2, mode="nearest"))
+            )
         groups.append((f"group_{g + 1}", nn.Sequential(OrderedDict(layers))))
-    groups.append(("output", nn.Sequential(OrderedDict([
-        *_preactivation(arch, n_in, 0, inplace=True),
-        ("conv", _conv(arch, n_in, n_out, 1)),
-    ]))))
+    groups.append(
+        (
+            "output",
+            nn.Sequential(
+                OrderedDict(
+                    [
+                        *_preactivation(arch, n_in, 0, inplace=True),
+                        ("conv", _conv(arch, n_in, n_out, 1)),
+                    ]
+                )
+            ),
+        )
+    )
     return nn.Sequential(OrderedDict(groups))
 
 
@@ -366,9 +394,16 @@ class DiscreteVAE(nn.Module):
     ):
         super().__init__()
         self.config = DVAEConfig(
-            architecture=architecture, image_size=image_size, channels=channels, num_tokens=num_tokens,
-            downsample=downsample, hidden_dim=hidden_dim, num_resblocks=num_resblocks,
-            codebook_dim=codebook_dim, loss=loss, straight_through=straight_through,
+            architecture=architecture,
+            image_size=image_size,
+            channels=channels,
+            num_tokens=num_tokens,
+            downsample=downsample,
+            hidden_dim=hidden_dim,
+            num_resblocks=num_resblocks,
+            codebook_dim=codebook_dim,
+            loss=loss,
+            straight_through=straight_through,
         )
         self.image_size = image_size
         self.channels = channels
@@ -379,7 +414,7 @@ class DiscreteVAE(nn.Module):
         self.decoder = Decoder(self.config)
 
     @classmethod
-    def from_config(cls, config: DVAEConfig | dict) -> "DiscreteVAE":
+    def from_config(cls, config: DVAEConfig | dict) -> DiscreteVAE:
         if isinstance(config, dict):
             config = DVAEConfig.from_dict(config)
         return cls(**config.to_dict())
@@ -403,7 +438,9 @@ class DiscreteVAE(nn.Module):
         B, C, H, W = images.shape
         if C != self.channels:
             hint = " (channels-last? permute to (B, C, H, W))" if W == self.channels else ""
-            raise ValueError(f"images must have {self.channels} channels in dim 1; got shape {tuple(images.shape)}{hint}")
+            raise ValueError(
+                f"images must have {self.channels} channels in dim 1; got shape {tuple(images.shape)}{hint}"
+            )
         if (H, W) != (self.image_size, self.image_size):
             raise ValueError(
                 f"this dVAE was built for {self.image_size}x{self.image_size} images; got {H}x{W}. "
@@ -452,7 +489,9 @@ class DiscreteVAE(nn.Module):
         x = map_pixels(images).to(self.dtype)
         return self.encoder(x)
 
-    def forward(self, images: torch.Tensor, temperature: float = 1.0, hard: bool | None = None, check: bool = True) -> DVAEOutput:
+    def forward(
+        self, images: torch.Tensor, temperature: float = 1.0, hard: bool | None = None, check: bool = True
+    ) -> DVAEOutput:
         """Training path: gumbel-softmax relaxed codes (hard one-hot with straight-through gradients if ``hard``)."""
         hard = self.config.straight_through if hard is None else hard
         logits = self.encoder_logits(images, check=check)  # (B, K, h, w)
@@ -519,7 +558,9 @@ class DiscreteVAE(nn.Module):
         save_safetensors(os.path.join(directory, "model.safetensors"), self.state_dict(), cfg)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides) -> "DiscreteVAE":
+    def from_pretrained(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides
+    ) -> DiscreteVAE:
         """Loads a ``save_pretrained`` directory, or one ``.safetensors`` file whose metadata holds the config (as
         ``python -m dalle.vae.convert_openai`` writes). ``overrides`` replace config fields (e.g. ``image_size``).
         Safetensors only: nothing is unpickled."""
@@ -589,6 +630,5 @@ def check_state_dict_shapes(model: DiscreteVAE, state_dict: dict[str, torch.Tens
         hint = "Could not infer a matching config from the weights."
     more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
     raise ValueError(
-        f"dVAE weight shape mismatch at {'; '.join(bad[:5])}{more}. "
-        f"Model config: {model.config.to_dict()}. {hint}"
+        f"dVAE weight shape mismatch at {'; '.join(bad[:5])}{more}. Model config: {model.config.to_dict()}. {hint}"
     )

@@ -134,15 +134,25 @@ class DVAEModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if lr_end is not None:
-            warnings.warn("DVAEModule(lr_end=...) is now min_lr (lr_end goes in the next release)", DeprecationWarning,
-                          stacklevel=2)
+            warnings.warn(
+                "DVAEModule(lr_end=...) is now min_lr (lr_end goes in the next release)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             min_lr = lr_end
         self.save_hyperparameters(ignore=["lr_end"])
         self.hparams["min_lr"] = min_lr
         self.vae = DiscreteVAE(
-            architecture=architecture, image_size=image_size, channels=channels, num_tokens=num_tokens,
-            downsample=downsample, hidden_dim=hidden_dim, num_resblocks=num_resblocks,
-            codebook_dim=codebook_dim, loss=loss, straight_through=straight_through,
+            architecture=architecture,
+            image_size=image_size,
+            channels=channels,
+            num_tokens=num_tokens,
+            downsample=downsample,
+            hidden_dim=hidden_dim,
+            num_resblocks=num_resblocks,
+            codebook_dim=codebook_dim,
+            loss=loss,
+            straight_through=straight_through,
         )
         if init_weights:
             self.vae.load_weights(DiscreteVAE.from_pretrained(init_weights).state_dict())
@@ -170,7 +180,9 @@ class DVAEModule(pl.LightningModule):
     def temperature(self, step: int | None = None) -> float:
         hp = self.hparams
         total = hp.temperature_steps if hp.temperature_steps is not None else self._total_steps()
-        return cosine_schedule(self.global_step if step is None else step, total, hp.temperature_start, hp.temperature_end)
+        return cosine_schedule(
+            self.global_step if step is None else step, total, hp.temperature_start, hp.temperature_end
+        )
 
     def kl_weight(self, step: int | None = None) -> float:
         hp = self.hparams
@@ -190,7 +202,9 @@ class DVAEModule(pl.LightningModule):
         no_decay = [p for p in self.vae.parameters() if p.ndim < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=tuple(hp.betas), eps=1e-8,
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            eps=1e-8,
         )
         total = self._total_steps()
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
@@ -208,7 +222,9 @@ class DVAEModule(pl.LightningModule):
             return losses["loss"]
         B = images.shape[0]
         self.log("train/loss", losses["loss"], prog_bar=True, on_step=True, on_epoch=False, batch_size=B)
-        self.log_dict({"train/recon": losses["recon"], "train/kl": losses["kl"]}, on_step=True, on_epoch=False, batch_size=B)
+        self.log_dict(
+            {"train/recon": losses["recon"], "train/kl": losses["kl"]}, on_step=True, on_epoch=False, batch_size=B
+        )
         self.log_dict({"train/temperature": tau, "train/kl_weight": beta}, on_step=True, on_epoch=False, batch_size=B)
         return losses["loss"]
 
@@ -232,8 +248,11 @@ class DVAEModule(pl.LightningModule):
         kl = kl_to_uniform(logits).sum((1, 2)).mean() / images[0].numel()
         self.val_psnr.update(recon, images.float())
         self.val_usage.update(ids)
-        self.log_dict({"val/recon": nll, "val/kl": kl, "val/mse": F.mse_loss(recon, images.float())}, sync_dist=True,
-                      batch_size=images.shape[0])
+        self.log_dict(
+            {"val/recon": nll, "val/kl": kl, "val/mse": F.mse_loss(recon, images.float())},
+            sync_dist=True,
+            batch_size=images.shape[0],
+        )
         if batch_idx == 0:
             n = self.hparams.num_recon_images
             self._val_grid_batch = torch.stack([images[:n].float(), recon[:n]], dim=1).flatten(0, 1).detach().cpu()
@@ -248,7 +267,11 @@ class DVAEModule(pl.LightningModule):
         self.log("val/codes_used", usage["codes_used"], prog_bar=True)
         if self.trainer.sanity_checking:
             return
-        self.last_figures = {"psnr": float(psnr), "codes_used": float(usage["codes_used"]), "perplexity": float(usage["perplexity"])}
+        self.last_figures = {
+            "psnr": float(psnr),
+            "codes_used": float(usage["codes_used"]),
+            "perplexity": float(usage["perplexity"]),
+        }
         self.check_codebook(float(usage["codes_used"]))
         if self._val_grid_batch is not None:
             self._save_recon_grid(self._val_grid_batch)
@@ -292,7 +315,9 @@ class DVAEModule(pl.LightningModule):
         if not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
         elapsed = time.perf_counter() - (self._fit_start or time.perf_counter())
-        export_dir = self.hparams.export_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "dvae")
+        export_dir = self.hparams.export_dir or os.path.join(
+            self.trainer.log_dir or self.trainer.default_root_dir, "dvae"
+        )
         self.vae.save_pretrained(export_dir)
         f = self.last_figures
         if f:

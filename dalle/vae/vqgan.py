@@ -144,8 +144,14 @@ class Encoder(nn.Module):
         last = len(c.ch_mult) - 1
         self.conv_in = nn.Conv2d(c.channels, c.ch, 3, padding=1)
         self.down = nn.ModuleList(
-            Level(c, widths[i], widths[i + 1], c.num_res_blocks, c.resolution >> i in c.attn_resolutions,
-                  "down" if i < last else None)
+            Level(
+                c,
+                widths[i],
+                widths[i + 1],
+                c.num_res_blocks,
+                c.resolution >> i in c.attn_resolutions,
+                "down" if i < last else None,
+            )
             for i in range(len(c.ch_mult))
         )
         self.mid = Mid(c, widths[-1])
@@ -168,8 +174,14 @@ class Decoder(nn.Module):
         self.mid = Mid(c, widths[-1])
         # Stored lowest resolution last (taming's order); run from up[last] to up[0].
         self.up = nn.ModuleList(
-            Level(c, widths[min(i + 1, last)], widths[i], c.num_res_blocks + 1,
-                  c.resolution >> i in c.attn_resolutions, "up" if i > 0 else None)
+            Level(
+                c,
+                widths[min(i + 1, last)],
+                widths[i],
+                c.num_res_blocks + 1,
+                c.resolution >> i in c.attn_resolutions,
+                "up" if i > 0 else None,
+            )
             for i in range(len(c.ch_mult))
         )
         self.norm_out = nn.GroupNorm(c.num_groups, widths[0], eps=c.norm_eps)
@@ -229,8 +241,10 @@ class VQGAN(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> ids (B, h, w)."""
         if not self.config.has_encoder:
-            raise ValueError("these VQGAN weights have no encoder (min-dalle's detoker.pt is decoder-only): load the "
-                             "flax weights of dalle-mini/vqgan_imagenet_f16_16384 to prime with an image")
+            raise ValueError(
+                "these VQGAN weights have no encoder (min-dalle's detoker.pt is decoder-only): load the "
+                "flax weights of dalle-mini/vqgan_imagenet_f16_16384 to prime with an image"
+            )
         x = images.to(self.post_quant_conv.weight.dtype)
         return self.quantize(self.quant_conv(self.encoder(x)))
 
@@ -257,8 +271,9 @@ class VQGAN(nn.Module):
         directory = Path(directory)
         config = json.loads((directory / "config.json").read_text())
         if config.get("architecture") != ARCHITECTURE:
-            raise ValueError(f"{directory}/config.json is not a {ARCHITECTURE} config (architecture "
-                             f"{config.get('architecture')!r})")
+            raise ValueError(
+                f"{directory}/config.json is not a {ARCHITECTURE} config (architecture {config.get('architecture')!r})"
+            )
         with torch.device("meta"):
             model = cls(VQGANConfig.from_dict(config))
         model.load_state_dict(load_file(directory / "model.safetensors", device=str(device)), strict=True, assign=True)

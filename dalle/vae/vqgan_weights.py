@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dalle.weight_files import WeightsError, flatten, read_flax_msgpack, read_torch_state_dict
 from dalle.vae.vqgan import VQGAN, VQGANConfig
+from dalle.weight_files import WeightsError, flatten, read_flax_msgpack, read_torch_state_dict
 
 __all__ = ["flax_to_taming", "load_vqgan", "taming_to_ours"]
 
@@ -67,11 +67,16 @@ def build(state: dict[str, Tensor], config: VQGANConfig, source: str) -> VQGAN:
         model = VQGAN(config)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
-        raise WeightsError(f"{source} does not fit the VQGAN {config}: missing {missing[:4]}, unexpected "
-                           f"{unexpected[:4]}, wrong shapes {wrong[:3]}")
+        raise WeightsError(
+            f"{source} does not fit the VQGAN {config}: missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}, wrong shapes {wrong[:3]}"
+        )
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
@@ -87,8 +92,16 @@ def load_vqgan(path: str | os.PathLike, device: str | torch.device = "cpu", **ov
         config_file = path / "config.json"
         if config_file.is_file():
             flax = json.loads(config_file.read_text())
-            names = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution", "z_channels", "embed_dim",
-                     "n_embed")
+            names = (
+                "ch",
+                "ch_mult",
+                "num_res_blocks",
+                "attn_resolutions",
+                "resolution",
+                "z_channels",
+                "embed_dim",
+                "n_embed",
+            )
             config = VQGANConfig(**{**{k: flax[k] for k in names if k in flax}, **overrides})
         tree = read_flax_msgpack(path / "flax_model.msgpack", torch.float32, device)
         return build(taming_to_ours(flax_to_taming(tree)), config, str(path / "flax_model.msgpack"))

@@ -140,7 +140,9 @@ def test_bad_input_errors_name_the_shapes():
     attn = make_attn()
     with pytest.raises(ValueError, match=r"expected x of shape \(B, L, 32\), got \(2, 12, 16\)"):
         attn(torch.randn(B, L, 16))
-    with pytest.raises(ValueError, match=r"mask of shape \(5, 5\) does not broadcast to \(B, H, Lq, Lk\) = \(2, 4, 12, 12\)"):
+    with pytest.raises(
+        ValueError, match=r"mask of shape \(5, 5\) does not broadcast to \(B, H, Lq, Lk\) = \(2, 4, 12, 12\)"
+    ):
         attn(torch.randn(B, L, DIM), mask=torch.ones(5, 5, dtype=torch.bool))
     with pytest.raises(TypeError, match="mask must be bool"):
         attn(torch.randn(B, L, DIM), mask=torch.ones(L, L, dtype=torch.long))

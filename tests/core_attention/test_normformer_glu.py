@@ -36,6 +36,7 @@ def test_attention_proj_bias_option_keeps_default_names():
 
 def _reference_block(block: NormFormerBlock, x, context, is_pad):
     """The NormFormer block written out with plain torch ops, heads and all."""
+
     def attention(attn, q_in, kv_in, mask):
         d, h = attn.dim, attn.num_heads
         wq, wk, wv = attn.qkv.weight.split(d)
@@ -73,8 +74,14 @@ def test_normformer_cached_decoding_equals_full_pass(prefix):
 
     def run(h, cache=None, ctx=context):
         for i, block in enumerate(blocks):
-            h = block(h, ctx, is_causal=True, context_mask=mask, cache=cache and cache.self_attn[i],
-                      cross_cache=cache and cache.cross_attn[i])
+            h = block(
+                h,
+                ctx,
+                is_causal=True,
+                context_mask=mask,
+                cache=cache and cache.self_attn[i],
+                cross_cache=cache and cache.cross_attn[i],
+            )
         return h
 
     full = run(x)

@@ -17,9 +17,9 @@ from core_attention import (
     TransformerBlock,
     apply_rotary,
     causal_mask,
+    grid_coords,
     key_padding_mask,
     mask_to_text,
-    grid_coords,
     resample_pos_embed,
     sincos_2d,
     sinusoidal_table,
@@ -111,7 +111,11 @@ def test_causal_and_padding_masks():
     assert causal_mask(3).tolist() == [[True, False, False], [True, True, False], [True, True, True]]
     assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]  # lower-right aligned
     pad = torch.tensor([[False, False, True]])
-    assert key_padding_mask(pad).shape == (1, 1, 1, 3) and key_padding_mask(pad)[0, 0, 0].tolist() == [True, True, False]
+    assert key_padding_mask(pad).shape == (1, 1, 1, 3) and key_padding_mask(pad)[0, 0, 0].tolist() == [
+        True,
+        True,
+        False,
+    ]
     with pytest.raises(ValueError, match="True at padding"):
         key_padding_mask(torch.zeros(1, 3))
 
@@ -159,14 +163,30 @@ def test_layers():
     ls = LayerScale(4, 0.1)
     torch.testing.assert_close(ls(x), x * 0.1)
     mlp = Mlp(4, 16)
-    assert mlp(x).shape == x.shape and {n for n, _ in mlp.named_parameters()} == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    assert mlp(x).shape == x.shape and {n for n, _ in mlp.named_parameters()} == {
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    }
 
 
 def test_block_uses_timm_names_and_cross_attention():
     block = TransformerBlock(16, 2, init_values=1e-5, cross_attention=True)
     names = set(block.state_dict())
-    for key in ["norm1.weight", "attn.qkv.weight", "attn.proj.bias", "ls1.gamma", "norm2.bias", "mlp.fc1.weight",
-                "mlp.fc2.bias", "ls2.gamma", "norm_cross.weight", "cross_attn.qkv.weight", "ls_cross.gamma"]:
+    for key in [
+        "norm1.weight",
+        "attn.qkv.weight",
+        "attn.proj.bias",
+        "ls1.gamma",
+        "norm2.bias",
+        "mlp.fc1.weight",
+        "mlp.fc2.bias",
+        "ls2.gamma",
+        "norm_cross.weight",
+        "cross_attn.qkv.weight",
+        "ls_cross.gamma",
+    ]:
         assert key in names, key
     x, ctx = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
     assert block(x, ctx).shape == x.shape

@@ -19,13 +19,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def seq2seq(subcommand: str, root: Path, *extra: str, steps: int = 2):
-    return cli_main(Seq2SeqModule, ReverseDigitsDataModule, [
-        subcommand, "--config", str(REPO / "configs/seq2seq/reverse.yaml"), f"--trainer.default_root_dir={root}",
-        f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-        "--model.dim=16", "--model.num_layers=1", "--data.num_train=64", "--data.batch_size=8",
-        "--checkpoint.monitor=null", *extra,
-    ])
+    return cli_main(
+        Seq2SeqModule,
+        ReverseDigitsDataModule,
+        [
+            subcommand,
+            "--config",
+            str(REPO / "configs/seq2seq/reverse.yaml"),
+            f"--trainer.default_root_dir={root}",
+            f"--trainer.max_steps={steps}",
+            "--trainer.limit_val_batches=0",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.logger=false",
+            "--model.dim=16",
+            "--model.num_layers=1",
+            "--data.num_train=64",
+            "--data.batch_size=8",
+            "--checkpoint.monitor=null",
+            *extra,
+        ],
+    )
 
 
 def global_step(path: Path) -> int:
@@ -34,7 +49,9 @@ def global_step(path: Path) -> int:
 
 def test_a_second_fit_into_a_folder_with_checkpoints_refuses_and_a_resume_updates_last(tmp_path):
     seq2seq("fit", tmp_path)
-    with pytest.raises(FileExistsError, match=r"already holds checkpoints of another run \(.*last.ckpt.*--ckpt_path last"):
+    with pytest.raises(
+        FileExistsError, match=r"already holds checkpoints of another run \(.*last.ckpt.*--ckpt_path last"
+    ):
         seq2seq("fit", tmp_path, steps=4)
     seq2seq("fit", tmp_path, "--ckpt_path", "last", steps=4)
     assert global_step(tmp_path / "checkpoints" / "last.ckpt") == 4
@@ -60,9 +77,17 @@ def test_model_options_that_differ_from_the_checkpoint_are_refused(tmp_path):
 def test_nested_vit_architecture_option_with_a_checkpoint_is_refused(tmp_path):
     from vit.__main__ import main
 
-    common = ["--config", str(REPO / "configs/vit/digits.yaml"), f"--trainer.default_root_dir={tmp_path}",
-              "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--trainer.logger=false",
-              "--model.arch.embed_dim=32", "--model.arch.depth=1", "--data.init_args.batch_size=8"]
+    common = [
+        "--config",
+        str(REPO / "configs/vit/digits.yaml"),
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=0",
+        "--trainer.logger=false",
+        "--model.arch.embed_dim=32",
+        "--model.arch.depth=1",
+        "--data.init_args.batch_size=8",
+    ]
     main(["fit", *common])
     with pytest.raises(ValueError, match=r"--model.arch.depth 2 \(checkpoint: 1\)"):
         main(["test", *common[:-2], "--model.arch.depth=2", "--ckpt_path", "last"])
@@ -84,7 +109,9 @@ def test_a_bad_ckpt_path_gets_the_project_refusal(tmp_path, kind):
         bad.write_bytes(bad.read_bytes()[:500])
     else:
         bad.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"(refused to load|is not a readable checkpoint).*bad.ckpt|bad.ckpt.*(refused|not a readable)"):
+    with pytest.raises(
+        ValueError, match=r"(refused to load|is not a readable checkpoint).*bad.ckpt|bad.ckpt.*(refused|not a readable)"
+    ):
         seq2seq("validate", tmp_path, "--ckpt_path", str(bad))
     if kind == "code":
         assert not (tmp_path / "pwned").exists()
@@ -107,7 +134,9 @@ def test_stale_temp_files_are_removed_and_checkpoints_follow_the_umask(tmp_path)
 def test_checkpoint_dirpath_can_be_set(tmp_path):
     seq2seq("fit", tmp_path / "run", "--checkpoint.dirpath", str(tmp_path / "elsewhere"))
     assert global_step(tmp_path / "elsewhere" / "last.ckpt") == 2
-    seq2seq("fit", tmp_path / "run", "--checkpoint.dirpath", str(tmp_path / "elsewhere"), "--ckpt_path", "last", steps=3)
+    seq2seq(
+        "fit", tmp_path / "run", "--checkpoint.dirpath", str(tmp_path / "elsewhere"), "--ckpt_path", "last", steps=3
+    )
     assert global_step(tmp_path / "elsewhere" / "last.ckpt") == 3
 
 
@@ -124,14 +153,29 @@ def test_predict_checks_its_output_file_before_predicting(tmp_path, capsys):
 
     from vit.__main__ import main
 
-    common = ["--config", str(REPO / "configs/vit/digits.yaml"), f"--trainer.default_root_dir={tmp_path}",
-              "--trainer.logger=false", "--model.arch.embed_dim=32", "--model.arch.depth=1"]
+    common = [
+        "--config",
+        str(REPO / "configs/vit/digits.yaml"),
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=false",
+        "--model.arch.embed_dim=32",
+        "--model.arch.depth=1",
+    ]
     main(["fit", *common, "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=8"])
     Image.new("L", (16, 16)).save(tmp_path / "digit.png")
     (tmp_path / "a_file").write_text("")
     with pytest.raises(PermissionError, match=r"cannot write the predictions file .*a_file/preds.csv"):
-        main(["predict", str(tmp_path / "digit.png"), *common, "--ckpt_path", "last",
-              "--model.predict_output", str(tmp_path / "a_file" / "preds.csv")])
+        main(
+            [
+                "predict",
+                str(tmp_path / "digit.png"),
+                *common,
+                "--ckpt_path",
+                "last",
+                "--model.predict_output",
+                str(tmp_path / "a_file" / "preds.csv"),
+            ]
+        )
     assert "digit.png:" not in capsys.readouterr().out  # refused before the work, not after
 
 
@@ -140,9 +184,17 @@ def test_fit_vae_checks_its_export_folder_before_training(tmp_path):
 
     (tmp_path / "a_file").write_text("")
     with pytest.raises(PermissionError, match=r"cannot write the export folder .*a_file/dvae"):
-        fit_vae_main([
-            "--config", str(REPO / "configs/dalle/shapes_vae.yaml"), f"--trainer.default_root_dir={tmp_path / 'run'}",
-            "--trainer.max_steps=1", "--model.image_size=16", "--model.hidden_dim=8", "--model.num_tokens=32",
-            "--data.init_args.image_size=16", f"--model.export_dir={tmp_path / 'a_file' / 'dvae'}",
-        ])
+        fit_vae_main(
+            [
+                "--config",
+                str(REPO / "configs/dalle/shapes_vae.yaml"),
+                f"--trainer.default_root_dir={tmp_path / 'run'}",
+                "--trainer.max_steps=1",
+                "--model.image_size=16",
+                "--model.hidden_dim=8",
+                "--model.num_tokens=32",
+                "--data.init_args.image_size=16",
+                f"--model.export_dir={tmp_path / 'a_file' / 'dvae'}",
+            ]
+        )
     assert not list((tmp_path / "run").rglob("*.ckpt"))  # refused before any training

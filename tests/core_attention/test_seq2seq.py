@@ -68,10 +68,16 @@ def test_example_learns_to_reverse_held_out_strings(tmp_path):
     data = ReverseDigitsDataModule(max_len=6, num_train=10000, num_test=256, batch_size=64)
     module = Seq2SeqModule(dim=64, num_layers=2, num_heads=4, warmup_steps=100)
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=1000, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-        limit_val_batches=0, default_root_dir=tmp_path,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_steps=1000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, data)
     (result,) = trainer.test(module, data, verbose=False)
     assert result["test/exact_match"] == 1.0
@@ -83,10 +89,19 @@ def test_example_learns_to_reverse_held_out_strings(tmp_path):
 
 
 def test_cli_fit_writes_last_checkpoint(tmp_path):
-    main([
-        "fit", "--config", "configs/seq2seq/reverse.yaml",
-        "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.limit_val_batches=1",
-        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-        "--data.num_train=64", "--data.num_val=8", "--data.num_test=8",
-    ])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/seq2seq/reverse.yaml",
+            "--trainer.max_steps=3",
+            "--trainer.val_check_interval=3",
+            "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            "--data.num_train=64",
+            "--data.num_val=8",
+            "--data.num_test=8",
+        ]
+    )
     assert list(tmp_path.rglob("last.ckpt"))

@@ -15,7 +15,14 @@ import torch
 from core_attention import TransformerBlock
 from core_attention.examples.seq2seq import ReverseDigitsDataModule, Seq2SeqModule
 from core_attention.io import load_checkpoint, load_safetensors, load_state_dict_checked, save_safetensors
-from core_attention.training import AtomicCheckpointIO, CompileBlocks, FiniteLossGuard, TrainingCurves, TransformerFSDPStrategy, cli_main
+from core_attention.training import (
+    AtomicCheckpointIO,
+    CompileBlocks,
+    FiniteLossGuard,
+    TrainingCurves,
+    TransformerFSDPStrategy,
+    cli_main,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,10 +52,21 @@ def test_every_loader_refuses_a_malicious_pickle(tmp_path):
         AtomicCheckpointIO().load_checkpoint(bad)
     with pytest.raises(ValueError, match="not a valid safetensors file"):
         load_safetensors(bad)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, plugins=[AtomicCheckpointIO()],
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(ValueError, match="refused to load"):
-        trainer.fit(Seq2SeqModule(dim=16, num_layers=1), ReverseDigitsDataModule(num_train=16, num_val=4, num_test=4), ckpt_path=bad)
+        trainer.fit(
+            Seq2SeqModule(dim=16, num_layers=1),
+            ReverseDigitsDataModule(num_train=16, num_val=4, num_test=4),
+            ckpt_path=bad,
+        )
     assert not marker.exists()
 
 
@@ -62,7 +80,9 @@ def test_safetensors_round_trip_and_checked_loading(tmp_path):
     with pytest.raises(ValueError, match=r"0.weight: model expects \(5, 3\), weights file has \(4, 3\)"):
         load_state_dict_checked(wrong, state, source="weights file")
     with pytest.raises(ValueError, match=r"missing keys \(1\): 2.weight"):
-        load_state_dict_checked(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1, bias=False)), state)
+        load_state_dict_checked(
+            torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1, bias=False)), state
+        )
     (tmp_path / "trunc.safetensors").write_bytes(path.read_bytes()[:40])
     with pytest.raises(ValueError, match="not a valid safetensors file"):
         load_safetensors(tmp_path / "trunc.safetensors")
@@ -93,8 +113,15 @@ class NaNAfterTwoSteps(Seq2SeqModule):
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path):
     module = NaNAfterTwoSteps(dim=16, num_layers=1)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False,
-                         callbacks=[FiniteLossGuard()], enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=10,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[FiniteLossGuard()],
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     snapshot = {}
 
     class Snapshot(pl.Callback):
@@ -102,7 +129,9 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path):
             snapshot.update({k: v.clone() for k, v in pl_module.state_dict().items()})
 
     trainer.callbacks.append(Snapshot())
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at global step 2, epoch 0, batch 2"):
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite training loss \(nan\) at global step 2, epoch 0, batch 2"
+    ):
         trainer.fit(module, ReverseDigitsDataModule(num_train=640, num_val=4, num_test=4, batch_size=8))
     for k, v in module.state_dict().items():
         assert torch.equal(v, snapshot[k]) and torch.isfinite(v).all(), k
@@ -110,9 +139,21 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path):
 
 def test_training_curves_plot_every_logged_metric(tmp_path):
     curves = TrainingCurves()
-    trainer = pl.Trainer(accelerator="cpu", max_steps=12, val_check_interval=6, limit_val_batches=1, log_every_n_steps=2,
-                         callbacks=[curves], enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
-    trainer.fit(Seq2SeqModule(dim=16, num_layers=1, warmup_steps=1), ReverseDigitsDataModule(num_train=256, num_val=8, num_test=4, batch_size=8))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=12,
+        val_check_interval=6,
+        limit_val_batches=1,
+        log_every_n_steps=2,
+        callbacks=[curves],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(
+        Seq2SeqModule(dim=16, num_layers=1, warmup_steps=1),
+        ReverseDigitsDataModule(num_train=256, num_val=8, num_test=4, batch_size=8),
+    )
     png = Path(trainer.log_dir) / "curves.png"
     assert png.is_file() and png.stat().st_size > 5000
     from PIL import Image
@@ -125,19 +166,36 @@ def test_training_curves_plot_every_logged_metric(tmp_path):
 
 
 def test_cli_runs_get_the_default_callbacks():
-    cli = cli_main(Seq2SeqModule, ReverseDigitsDataModule, ["--config", str(REPO / "configs/seq2seq/reverse.yaml")], run=False)
+    cli = cli_main(
+        Seq2SeqModule, ReverseDigitsDataModule, ["--config", str(REPO / "configs/seq2seq/reverse.yaml")], run=False
+    )
     kinds = {type(c) for c in cli.trainer.callbacks}
     assert {FiniteLossGuard, TrainingCurves} <= kinds
 
 
 def fit_command(root: Path, max_steps: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "core_attention.examples.seq2seq", "fit", "--config", str(REPO / "configs/seq2seq/reverse.yaml"),
-        f"--trainer.default_root_dir={root}", f"--trainer.max_steps={max_steps}", "--trainer.enable_progress_bar=false",
-        "--trainer.val_check_interval=50", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=10",
-        "--model.dim=16", "--model.num_layers=1", "--data.num_train=4000", "--data.batch_size=8",
-        "--checkpoint.every_n_train_steps=10", "--checkpoint.save_top_k=-1", "--checkpoint.monitor=null", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "core_attention.examples.seq2seq",
+        "fit",
+        "--config",
+        str(REPO / "configs/seq2seq/reverse.yaml"),
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.max_steps={max_steps}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.val_check_interval=50",
+        "--trainer.limit_val_batches=1",
+        "--trainer.log_every_n_steps=10",
+        "--model.dim=16",
+        "--model.num_layers=1",
+        "--data.num_train=4000",
+        "--data.batch_size=8",
+        "--checkpoint.every_n_train_steps=10",
+        "--checkpoint.save_top_k=-1",
+        "--checkpoint.monitor=null",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -156,7 +214,9 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     killed_at = load_checkpoint(ckpts / "last.ckpt")["global_step"]
     assert 0 < killed_at < 400
 
-    second = subprocess.run(fit_command(tmp_path, 400, "--ckpt_path", "last"), env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        fit_command(tmp_path, 400, "--ckpt_path", "last"), env=env, capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"Restored all states from the checkpoint at {ckpts / 'last.ckpt'}" in second.stderr
     assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 400
@@ -166,12 +226,22 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
 
 
 def test_fsdp_strategy_from_the_command_line_wraps_and_checkpoints_transformer_blocks():
-    cli = cli_main(Seq2SeqModule, ReverseDigitsDataModule, [
-        "--config", str(REPO / "configs/seq2seq/reverse.yaml"), "--trainer.devices=2", "--trainer.num_nodes=1",
-        "--trainer.strategy=core_attention.training.TransformerFSDPStrategy",
-        "--trainer.strategy.activation_checkpointing=true", "--trainer.strategy.sharding_strategy=SHARD_GRAD_OP",
-        "--trainer.precision=bf16-mixed", "--trainer.accumulate_grad_batches=4",
-    ], run=False)  # fmt: skip
+    cli = cli_main(
+        Seq2SeqModule,
+        ReverseDigitsDataModule,
+        [
+            "--config",
+            str(REPO / "configs/seq2seq/reverse.yaml"),
+            "--trainer.devices=2",
+            "--trainer.num_nodes=1",
+            "--trainer.strategy=core_attention.training.TransformerFSDPStrategy",
+            "--trainer.strategy.activation_checkpointing=true",
+            "--trainer.strategy.sharding_strategy=SHARD_GRAD_OP",
+            "--trainer.precision=bf16-mixed",
+            "--trainer.accumulate_grad_batches=4",
+        ],
+        run=False,
+    )
     strategy = cli.trainer.strategy
     assert isinstance(strategy, TransformerFSDPStrategy) and strategy.num_processes == 2
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {TransformerBlock}
@@ -182,8 +252,16 @@ def test_fsdp_strategy_from_the_command_line_wraps_and_checkpoints_transformer_b
 
 def test_compile_blocks_callback_compiles_every_transformer_block(tmp_path):
     module = Seq2SeqModule(dim=16, num_layers=1)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, limit_val_batches=0,
-                         callbacks=[CompileBlocks(backend="eager")], enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        callbacks=[CompileBlocks(backend="eager")],
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, ReverseDigitsDataModule(num_train=32, num_val=4, num_test=4, batch_size=8))
     blocks = [m for m in module.modules() if isinstance(m, TransformerBlock)]
     assert len(blocks) == 2 and all(b._compiled_call_impl is not None for b in blocks)

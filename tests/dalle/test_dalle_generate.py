@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dalle.vae.dvae import DiscreteVAE
-from dalle.transformer.sampling import filter_logits, guide_logits, sample_logits, sampling_logits
-from dalle.pipeline import generate_images, load_reranker
 from dalle.generate import generate_main
+from dalle.pipeline import generate_images, load_reranker
 from dalle.transformer.model import DALLE
+from dalle.transformer.sampling import filter_logits, guide_logits, sample_logits, sampling_logits
 from dalle.transformer.tokenizer import BPETokenizer
+from dalle.vae.dvae import DiscreteVAE
 
 T, VI = 6, 32
 CAPTIONS = ["a red circle in the top left", "a big blue square at the bottom", "a green cross on the right"] * 4
@@ -124,7 +124,9 @@ def test_seeds_and_inputs_untouched() -> None:
     c = model.generate(text, seed=2, guidance_scale=2.0, prime=prime)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(text, text_copy) and torch.equal(prime, prime_copy)
-    assert torch.equal(model.generate(text, generator=torch.Generator().manual_seed(1), guidance_scale=2.0, prime=prime), a)
+    assert torch.equal(
+        model.generate(text, generator=torch.Generator().manual_seed(1), guidance_scale=2.0, prime=prime), a
+    )
 
 
 def test_bf16_generation_runs() -> None:
@@ -175,10 +177,14 @@ def test_too_many_images_fail_before_generating(pipeline, monkeypatch) -> None:
 
 def test_generate_images_prompts_batches_and_seeds(pipeline) -> None:
     model, tokenizer, vae = pipeline
-    result = generate_images(model, tokenizer, vae, ["a red circle", "a blue square"], num_images=3, batch_size=4, seed=3)
+    result = generate_images(
+        model, tokenizer, vae, ["a red circle", "a blue square"], num_images=3, batch_size=4, seed=3
+    )
     assert result.images.shape == (2, 3, 3, 16, 16) and result.ids.shape == (2, 3, 16) and result.seed == 3
     assert 0.0 <= float(result.images.min()) and float(result.images.max()) <= 1.0
-    again = generate_images(model, tokenizer, vae, ["a red circle", "a blue square"], num_images=3, batch_size=4, seed=3)
+    again = generate_images(
+        model, tokenizer, vae, ["a red circle", "a blue square"], num_images=3, batch_size=4, seed=3
+    )
     assert torch.equal(again.ids, result.ids)
     torch.testing.assert_close(vae.decode(result.ids[0]), result.images[0])
 
@@ -199,13 +205,17 @@ def test_prompt_validation(pipeline) -> None:
     assert generate_images(model, tokenizer, vae, "", guidance_scale=2.0, top_p=0.9, seed=0).images.shape[:2] == (1, 1)
     assert generate_images(model, tokenizer, vae, "", unconditional=True, seed=0).images.shape[:2] == (1, 1)
     with pytest.warns(UserWarning, match="prompt cut from"):
-        generate_images(model, tokenizer, vae, "a red circle in the top left and a big blue square on the right", seed=0)
+        generate_images(
+            model, tokenizer, vae, "a red circle in the top left and a big blue square on the right", seed=0
+        )
 
 
 def test_priming_keeps_the_top_rows(pipeline) -> None:
     model, tokenizer, vae = pipeline
     image = torch.rand(3, 16, 16)
-    result = generate_images(model, tokenizer, vae, "a red circle", num_images=2, prime_image=image, prime_rows=2, seed=0)
+    result = generate_images(
+        model, tokenizer, vae, "a red circle", num_images=2, prime_image=image, prime_rows=2, seed=0
+    )
     assert torch.equal(result.ids[0, :, :8], vae.encode(image[None])[:, :2].flatten(1).expand(2, -1))
     with pytest.raises(ValueError, match="prime image is 32x32 but this model makes 16x16"):
         generate_images(model, tokenizer, vae, "a red circle", prime_image=torch.rand(3, 32, 32), prime_rows=2)
@@ -221,7 +231,9 @@ def test_reranking_keeps_the_best_candidates(pipeline) -> None:
         seen["prompts"] = prompts
         return images.mean(dim=(1, 2, 3))
 
-    result = generate_images(model, tokenizer, vae, ["a red circle", "a cross"], num_images=2, candidates=5, rerank=brightness, seed=0)
+    result = generate_images(
+        model, tokenizer, vae, ["a red circle", "a cross"], num_images=2, candidates=5, rerank=brightness, seed=0
+    )
     assert seen["prompts"] == ["a red circle"] * 5 + ["a cross"] * 5
     assert result.images.shape[:2] == (2, 2) and result.scores.shape == (2, 2)
     everything = generate_images(model, tokenizer, vae, ["a red circle", "a cross"], num_images=5, seed=0)
@@ -231,7 +243,9 @@ def test_reranking_keeps_the_best_candidates(pipeline) -> None:
     with pytest.raises(ValueError, match="needs a reranker"):
         generate_images(model, tokenizer, vae, "a cross", num_images=2, candidates=4)
     with pytest.raises(ValueError, match="one score per image"):
-        generate_images(model, tokenizer, vae, "a cross", num_images=1, candidates=2, rerank=lambda p, im: torch.zeros(3))
+        generate_images(
+            model, tokenizer, vae, "a cross", num_images=1, candidates=2, rerank=lambda p, im: torch.zeros(3)
+        )
 
 
 def test_load_reranker_by_name() -> None:
@@ -251,8 +265,24 @@ def test_cli_writes_grid_and_single_images(pipeline, tmp_path, capsys) -> None:
     tokenizer.save(folder / "tokenizer.json")
     vae.save_pretrained(folder / "vae")
     out = tmp_path / "grid.png"
-    argv = ["a red circle", "a blue square", "-n", "3", "--checkpoint", str(folder), "--out", str(out), "--seed", "4",
-            "--guidance-scale", "2", "--top-k", "8", "--device", "cpu"]  # fmt: skip
+    argv = [
+        "a red circle",
+        "a blue square",
+        "-n",
+        "3",
+        "--checkpoint",
+        str(folder),
+        "--out",
+        str(out),
+        "--seed",
+        "4",
+        "--guidance-scale",
+        "2",
+        "--top-k",
+        "8",
+        "--device",
+        "cpu",
+    ]
     assert generate_main(argv) == 0
     assert "seed 4" in capsys.readouterr().out
     grid = Image.open(out)

@@ -35,10 +35,23 @@ def folder(tmp_path_factory):
     (path / "vocab.json").write_text(json.dumps(vocab))
     (path / "merges.txt").write_text("#version: 0.2\nĠ f\no x\nĠf ox\n")
     torch.manual_seed(0)
-    DalleBart(DalleBartConfig(text_vocab_size=len(vocab), image_vocab_size=64, codebook_size=64, dim=32,
-                              encoder_depth=1, decoder_depth=1, num_heads=2, glu_dim=48)).save_pretrained(path)
-    VQGAN(VQGANConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, resolution=32, z_channels=8, embed_dim=8,
-                      n_embed=64, num_groups=4)).save_pretrained(path / "vqgan")
+    DalleBart(
+        DalleBartConfig(
+            text_vocab_size=len(vocab),
+            image_vocab_size=64,
+            codebook_size=64,
+            dim=32,
+            encoder_depth=1,
+            decoder_depth=1,
+            num_heads=2,
+            glu_dim=48,
+        )
+    ).save_pretrained(path)
+    VQGAN(
+        VQGANConfig(
+            ch=16, ch_mult=(1, 2), num_res_blocks=1, resolution=32, z_channels=8, embed_dim=8, n_embed=64, num_groups=4
+        )
+    ).save_pretrained(path / "vqgan")
     return path
 
 
@@ -63,8 +76,27 @@ def test_priming_keeps_the_images_top_rows(folder):
 
 def test_cli_writes_grid_and_images(folder, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert generate_main(["a fox", "", "--pretrained", str(folder), "-n", "2", "--out", str(out), "--seed", "5",
-                          "--guidance-scale", "4", "--top-k", "8"]) == 0
+    assert (
+        generate_main(
+            [
+                "a fox",
+                "",
+                "--pretrained",
+                str(folder),
+                "-n",
+                "2",
+                "--out",
+                str(out),
+                "--seed",
+                "5",
+                "--guidance-scale",
+                "4",
+                "--top-k",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert out.is_file() and len(list((tmp_path / "grid").glob("*.png"))) == 4
     assert "seed 5" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--no-cache"):
@@ -88,8 +120,16 @@ def test_offline_download_names_the_files(monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         load_pretrained("mini")
     message = str(err.value)
-    for needed in ("huggingface.co/dalle-mini/dalle-mini", "flax_model.msgpack", "vocab.json", "merges.txt",
-                   "dalle-mini/vqgan_imagenet_f16_16384", "DIR/vqgan/", "--pretrained DIR", "no internet"):
+    for needed in (
+        "huggingface.co/dalle-mini/dalle-mini",
+        "flax_model.msgpack",
+        "vocab.json",
+        "merges.txt",
+        "dalle-mini/vqgan_imagenet_f16_16384",
+        "DIR/vqgan/",
+        "--pretrained DIR",
+        "no internet",
+    ):
         assert needed in message
 
 
@@ -141,10 +181,18 @@ def test_min_dalle_folder_layout(folder, tmp_path):
     vocab = json.loads((folder / "vocab.json").read_text())
     bart = tmp_path / "pretrained" / "dalle_bart_mini"
     bart.mkdir(parents=True)
-    enc = DalleBartEncoder(layer_count=1, embed_count=64, attention_head_count=1, text_vocab_count=len(vocab),
-                           text_token_count=64, glu_embed_count=48, device="cpu")
-    dec = DalleBartDecoder(image_vocab_count=64, embed_count=64, attention_head_count=1, glu_embed_count=48,
-                           layer_count=1, device="cpu")
+    enc = DalleBartEncoder(
+        layer_count=1,
+        embed_count=64,
+        attention_head_count=1,
+        text_vocab_count=len(vocab),
+        text_token_count=64,
+        glu_embed_count=48,
+        device="cpu",
+    )
+    dec = DalleBartDecoder(
+        image_vocab_count=64, embed_count=64, attention_head_count=1, glu_embed_count=48, layer_count=1, device="cpu"
+    )
     torch.save(enc.state_dict(), bart / "encoder_mini.pt")
     torch.save(dec.state_dict(), bart / "decoder_mini.pt")
     (bart / "vocab_mini.json").write_text((folder / "vocab.json").read_text())

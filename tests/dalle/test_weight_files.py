@@ -27,8 +27,11 @@ def test_reads_arrays_bf16_scalars_and_chunks(tmp_path):
             "norm": {"scale": ext(bf16.view(torch.int16).numpy(), "bfloat16")},
             "step": ext(np.asarray(7, dtype=np.int32), code=3),
             # flax splits arrays over its chunk size into flat pieces
-            "big": {"__msgpack_chunked_array__": True, "shape": {"0": 2, "1": 5},
-                    "chunks": {"0": ext(long[:6]), "1": ext(long[6:])}},
+            "big": {
+                "__msgpack_chunked_array__": True,
+                "shape": {"0": 2, "1": 5},
+                "chunks": {"0": ext(long[:6]), "1": ext(long[6:])},
+            },
         }
     }
     (tmp_path / "f.msgpack").write_bytes(msgpack.packb(tree, use_bin_type=True))

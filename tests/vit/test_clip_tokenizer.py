@@ -71,7 +71,19 @@ def test_random_mixed_script_text_matches(tokenizers):
 
     ours, ref = tokenizers
     rng = random.Random(0)
-    pools = ["abcXYZ", "0123456789", " \t\n\u00a0\u2003", "!\"#$%&'()*+,-./:;<=>?@[]^_`{|}~", "éßÆøĲﬁ", "日本語한국어",
-             "😀🐱🏽👩‍👧🇯🇵", "“”‘’–—…«»", "&amp;&lt;&quot;&#39;", "Ã©â€™", "\u0301\u200b\u200d\ufeff", "αβЖЗ"]
+    pools = [
+        "abcXYZ",
+        "0123456789",
+        " \t\n\u00a0\u2003",
+        "!\"#$%&'()*+,-./:;<=>?@[]^_`{|}~",
+        "éßÆøĲﬁ",
+        "日本語한국어",
+        "😀🐱🏽👩‍👧🇯🇵",
+        "“”‘’–—…«»",
+        "&amp;&lt;&quot;&#39;",
+        "Ã©â€™",
+        "\u0301\u200b\u200d\ufeff",
+        "αβЖЗ",
+    ]
     texts = ["".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(0, 40))) for _ in range(300)]
     assert torch.equal(ours(texts), ref(texts))

@@ -35,8 +35,11 @@ def test_open_clip_hub_folder_and_file(tmp_path, quick_gelu):
 
 def test_hub_config_gives_the_head_counts_and_refuses_what_is_not_built(tmp_path):
     # Head counts are not in the shapes; open_clip's ViT-H-14 has head_width 80, so width // 64 would be wrong.
-    cfg = {**TINY_CFG, "vision_cfg": {**TINY_CFG["vision_cfg"], "head_width": 32},
-           "text_cfg": {**TINY_CFG["text_cfg"], "heads": 4}}
+    cfg = {
+        **TINY_CFG,
+        "vision_cfg": {**TINY_CFG["vision_cfg"], "head_width": 32},
+        "text_cfg": {**TINY_CFG["text_cfg"], "heads": 4},
+    }
     ref = tiny_open_clip(False, cfg=cfg)
     model = load_clip(save_open_clip_folder(ref, tmp_path / "repo", False, cfg=cfg).parent)
     assert (model.config.vision_heads, model.config.text_heads) == (2, 4)
@@ -90,8 +93,11 @@ def test_another_variant_is_named():
         sd = open_clip.create_model("ViT-B-16", pretrained=None, device="meta").state_dict()
     config = config_from_state_dict(sd, quick_gelu=False)
     assert check_variant(config, "ViT-B-16-quickgelu", "x.safetensors") == VARIANTS["ViT-B-16-quickgelu"]
-    with pytest.raises(ValueError, match=r"x.safetensors is not a ViT-B-32 checkpoint: its weights have patch_size 16 "
-                                         r"\(variant: 32\); it looks like ViT-B-16 or ViT-B-16-quickgelu"):
+    with pytest.raises(
+        ValueError,
+        match=r"x.safetensors is not a ViT-B-32 checkpoint: its weights have patch_size 16 "
+        r"\(variant: 32\); it looks like ViT-B-16 or ViT-B-16-quickgelu",
+    ):
         check_variant(config, "ViT-B-32", "x.safetensors")
     with pytest.raises(ValueError, match="unknown CLIP variant 'ViT-bigG-14'"):
         check_variant(config, "ViT-bigG-14", "x.safetensors")

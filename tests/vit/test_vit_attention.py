@@ -11,7 +11,9 @@ from vit.__main__ import attention_parser, main
 
 def tiny(**kwargs) -> VisionTransformer:
     torch.manual_seed(0)
-    return VisionTransformer(**{**dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=4), **kwargs}).eval()
+    return VisionTransformer(
+        **{**dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=4), **kwargs}
+    ).eval()
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(class_token=False, global_pool="avg", reg_tokens=2)])
@@ -30,7 +32,11 @@ def test_maps_and_rollout(kwargs):
         tokens = model.embed(x)
         for block, a in zip(model.blocks, maps):
             w = block.attn.qkv.weight
-            q, k, v = torch.nn.functional.linear(block.norm1(tokens), w, block.attn.qkv.bias).view(2, n, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            q, k, v = (
+                torch.nn.functional.linear(block.norm1(tokens), w, block.attn.qkv.bias)
+                .view(2, n, 3, 4, 8)
+                .permute(2, 0, 3, 1, 4)
+            )
             attn_out = block.attn.proj((a @ v).transpose(1, 2).reshape(2, n, 32))
             tokens = tokens + block.ls1(attn_out)
             tokens = tokens + block.ls2(block.mlp(block.norm2(tokens)))
@@ -50,8 +56,18 @@ def test_cli_writes_overlay_with_the_image_aspect(tmp_path, capsys):
     model.save_pretrained(tmp_path / "weights")
     img = tmp_path / "wide.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(img)
-    out = main(["attention", str(img), "--checkpoint", str(tmp_path / "weights"), "--out", str(tmp_path / "map.png"),
-                "--save-maps", str(tmp_path / "maps.safetensors")])
+    out = main(
+        [
+            "attention",
+            str(img),
+            "--checkpoint",
+            str(tmp_path / "weights"),
+            "--out",
+            str(tmp_path / "map.png"),
+            "--save-maps",
+            str(tmp_path / "maps.safetensors"),
+        ]
+    )
     assert out == tmp_path / "map.png"
     with Image.open(out) as png:
         assert png.format == "PNG" and png.size == (50, 30)
@@ -62,7 +78,18 @@ def test_cli_writes_overlay_with_the_image_aspect(tmp_path, capsys):
     torch.testing.assert_close(saved["rollout"].sum(-1), torch.ones(17), atol=1e-5, rtol=0)
     assert "prediction:" in capsys.readouterr().out
     # one layer, one head, default output next to the input
-    out = main(["attention", str(img), "--checkpoint", str(tmp_path / "weights" / "model.safetensors"), "--layer", "-1", "--head", "2"])
+    out = main(
+        [
+            "attention",
+            str(img),
+            "--checkpoint",
+            str(tmp_path / "weights" / "model.safetensors"),
+            "--layer",
+            "-1",
+            "--head",
+            "2",
+        ]
+    )
     assert out == tmp_path / "wide.attention.png" and Image.open(out).size == (50, 30)
     with pytest.raises(ValueError, match="head 9 out of range: layer 1 has 4 heads"):
         main(["attention", str(img), "--checkpoint", str(tmp_path / "weights"), "--layer", "1", "--head", "9"])
@@ -85,5 +112,15 @@ def test_attention_help_explains_every_option():
     text = attention_parser().format_help()
     for action in attention_parser()._actions:
         assert action.help, action.dest
-    for opt in ("--checkpoint", "--out", "--layer", "--head", "--head-fusion", "--alpha", "--convert", "--no-ema", "--save-maps"):
+    for opt in (
+        "--checkpoint",
+        "--out",
+        "--layer",
+        "--head",
+        "--head-fusion",
+        "--alpha",
+        "--convert",
+        "--no-ema",
+        "--save-maps",
+    ):
         assert opt in text

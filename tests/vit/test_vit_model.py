@@ -13,21 +13,61 @@ from vit import VisionTransformer, ViTConfig, config_from_timm, from_timm, load_
 
 # (timm model name, kwargs for timm.create_model, kwargs for our VisionTransformer) -- small depth/size for speed.
 VARIANTS = {
-    "tiny16_token": ("vit_tiny_patch16_224", dict(img_size=64, depth=2),
-                     dict(img_size=64, patch_size=16, embed_dim=192, depth=2, num_heads=3)),
-    "tiny16_avg_no_cls": ("vit_tiny_patch16_224", dict(img_size=64, depth=2, class_token=False, global_pool="avg"),
-                          dict(img_size=64, patch_size=16, embed_dim=192, depth=2, num_heads=3, class_token=False, global_pool="avg")),
-    "tiny16_reg4_ls_noembcls": ("vit_tiny_patch16_224", dict(img_size=64, depth=2, reg_tokens=4, init_values=1e-5, no_embed_class=True),
-                                dict(img_size=64, patch_size=16, embed_dim=192, depth=2, num_heads=3, reg_tokens=4, init_values=1e-5, no_embed_class=True)),
-    "small32_token_avg": ("vit_small_patch32_224", dict(img_size=96, depth=2, global_pool="avg"),
-                          dict(img_size=96, patch_size=32, embed_dim=384, depth=2, num_heads=6, global_pool="avg")),
-    "tiny8_reg2_embcls": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=2, reg_tokens=2),
-                          dict(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, reg_tokens=2)),
-    "deit3_small": ("deit3_small_patch16_224", dict(img_size=48, depth=2),
-                    dict(img_size=48, patch_size=16, embed_dim=384, depth=2, num_heads=6, init_values=1e-6, no_embed_class=True)),
-    "reg4_gap_nonsquare": ("vit_base_patch16_reg4_gap_256", dict(img_size=(32, 48), depth=2, embed_dim=64, num_heads=2, num_classes=7),
-                           dict(img_size=(32, 48), patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=7,
-                                class_token=False, no_embed_class=True, global_pool="avg", reg_tokens=4)),
+    "tiny16_token": (
+        "vit_tiny_patch16_224",
+        dict(img_size=64, depth=2),
+        dict(img_size=64, patch_size=16, embed_dim=192, depth=2, num_heads=3),
+    ),
+    "tiny16_avg_no_cls": (
+        "vit_tiny_patch16_224",
+        dict(img_size=64, depth=2, class_token=False, global_pool="avg"),
+        dict(img_size=64, patch_size=16, embed_dim=192, depth=2, num_heads=3, class_token=False, global_pool="avg"),
+    ),
+    "tiny16_reg4_ls_noembcls": (
+        "vit_tiny_patch16_224",
+        dict(img_size=64, depth=2, reg_tokens=4, init_values=1e-5, no_embed_class=True),
+        dict(
+            img_size=64,
+            patch_size=16,
+            embed_dim=192,
+            depth=2,
+            num_heads=3,
+            reg_tokens=4,
+            init_values=1e-5,
+            no_embed_class=True,
+        ),
+    ),
+    "small32_token_avg": (
+        "vit_small_patch32_224",
+        dict(img_size=96, depth=2, global_pool="avg"),
+        dict(img_size=96, patch_size=32, embed_dim=384, depth=2, num_heads=6, global_pool="avg"),
+    ),
+    "tiny8_reg2_embcls": (
+        "vit_tiny_patch16_224",
+        dict(img_size=32, patch_size=8, depth=2, reg_tokens=2),
+        dict(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, reg_tokens=2),
+    ),
+    "deit3_small": (
+        "deit3_small_patch16_224",
+        dict(img_size=48, depth=2),
+        dict(img_size=48, patch_size=16, embed_dim=384, depth=2, num_heads=6, init_values=1e-6, no_embed_class=True),
+    ),
+    "reg4_gap_nonsquare": (
+        "vit_base_patch16_reg4_gap_256",
+        dict(img_size=(32, 48), depth=2, embed_dim=64, num_heads=2, num_classes=7),
+        dict(
+            img_size=(32, 48),
+            patch_size=16,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            num_classes=7,
+            class_token=False,
+            no_embed_class=True,
+            global_pool="avg",
+            reg_tokens=4,
+        ),
+    ),
 }
 
 
@@ -60,8 +100,12 @@ def test_timm_state_dict_loads_strict_with_same_logits(variant):
     x = image((2, 3, h, w))
     with torch.no_grad():
         torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), atol=1e-4, rtol=0)
-        torch.testing.assert_close(ours.forward_head(ours.forward_features(x), pre_logits=True),
-                                   ref.forward_head(ref.forward_features(x), pre_logits=True), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            ours.forward_head(ours.forward_features(x), pre_logits=True),
+            ref.forward_head(ref.forward_features(x), pre_logits=True),
+            atol=1e-4,
+            rtol=0,
+        )
         assert (ours(x) - ref(x)).abs().max().item() <= 1e-4
 
 
@@ -71,7 +115,16 @@ def test_config_from_timm_and_from_timm(variant):
     ref = timm_model(name, **timm_kwargs)
     cfg = config_from_timm(ref)
     expected = ViTConfig(**{**our_kwargs, "img_size": our_kwargs["img_size"]})
-    for field in ("patch_size", "embed_dim", "depth", "num_heads", "class_token", "reg_tokens", "no_embed_class", "global_pool"):
+    for field in (
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "class_token",
+        "reg_tokens",
+        "no_embed_class",
+        "global_pool",
+    ):
         assert getattr(cfg, field) == getattr(expected, field), field
     ours = from_timm(ref).eval()
     h, w = ours.patch_embed.img_size
@@ -144,8 +197,12 @@ def test_other_num_classes_drops_head_with_log(caplog):
     assert torch.equal(ours.blocks[1].mlp.fc2.weight, ref.blocks[1].mlp.fc2.weight)
     x = image((1, 3, 64, 64))
     with torch.no_grad():
-        torch.testing.assert_close(ours.eval().forward_head(ours.forward_features(x), pre_logits=True),
-                                   ref.forward_head(ref.forward_features(x), pre_logits=True), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            ours.eval().forward_head(ours.forward_features(x), pre_logits=True),
+            ref.forward_head(ref.forward_features(x), pre_logits=True),
+            atol=1e-4,
+            rtol=0,
+        )
     headless = VisionTransformer(**{**our_kwargs, "num_classes": 0})
     load_timm_weights(headless, ref.state_dict())
     assert headless(x).shape == (1, 192)
@@ -154,10 +211,14 @@ def test_other_num_classes_drops_head_with_log(caplog):
 def test_mismatched_checkpoint_names_what_was_expected():
     name, timm_kwargs, our_kwargs = VARIANTS["tiny16_token"]
     ref = timm_model(name, **timm_kwargs)
-    with pytest.raises(ValueError, match=r"shape mismatches(.|\n)*patch_embed.proj.weight: model expects \(96, 3, 16, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"shape mismatches(.|\n)*patch_embed.proj.weight: model expects \(96, 3, 16, 16\)"
+    ):
         load_timm_weights(VisionTransformer(**{**our_kwargs, "embed_dim": 96}), ref.state_dict())
     with pytest.raises(ValueError, match=r"unexpected keys \(24\): blocks\.1\."):
-        load_timm_weights(VisionTransformer(**{**our_kwargs, "depth": 1}), timm_model(name, **{**timm_kwargs, "depth": 3}))
+        load_timm_weights(
+            VisionTransformer(**{**our_kwargs, "depth": 1}), timm_model(name, **{**timm_kwargs, "depth": 3})
+        )
     with pytest.raises(ValueError, match=r"missing keys \(1\): reg_token"):
         load_timm_weights(VisionTransformer(**{**our_kwargs, "reg_tokens": 1}), ref.state_dict())
 
@@ -169,7 +230,11 @@ def test_unsupported_timm_options_are_named():
 
 
 def test_save_pretrained_round_trip(tmp_path):
-    model = randomize(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=5, reg_tokens=1, init_values=0.1))
+    model = randomize(
+        VisionTransformer(
+            img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=5, reg_tokens=1, init_values=0.1
+        )
+    )
     model.pretrained_cfg = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "class_names": list("abcde")}
     model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "config.json").is_file()
@@ -196,8 +261,15 @@ def test_config_matches_constructor_signature():
 
 
 def test_timm_defaults_and_options():
-    m = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2, drop_path_rate=0.3, init_values=1e-5)
-    assert [round(b.drop_path1.drop_prob if hasattr(b.drop_path1, "drop_prob") else 0.0, 6) for b in m.blocks] == [0.0, 0.1, 0.2, 0.3]
+    m = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2, drop_path_rate=0.3, init_values=1e-5
+    )
+    assert [round(b.drop_path1.drop_prob if hasattr(b.drop_path1, "drop_prob") else 0.0, 6) for b in m.blocks] == [
+        0.0,
+        0.1,
+        0.2,
+        0.3,
+    ]
     assert all(b.norm1.eps == 1e-6 and b.attn.qkv.bias is not None for b in m.blocks) and m.norm.eps == 1e-6
     assert m.blocks[0].ls1.gamma.detach().eq(1e-5).all()
     assert m.no_weight_decay() == {"pos_embed", "cls_token", "reg_token"}

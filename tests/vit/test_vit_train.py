@@ -1,6 +1,5 @@
 """ViT training: the Lightning recipe, DataModules (digits, ImageFolder, CIFAR), the CLI, predict, and the digits bar."""
 
-import json
 import pickle
 import time
 from pathlib import Path
@@ -27,20 +26,48 @@ def _plain_argv(monkeypatch):
     monkeypatch.setattr("sys.argv", ["python -m vit"])  # pytest's own arguments are not the CLI's
 
 
-DIGITS_ARCH = ViTConfig(img_size=16, patch_size=4, in_chans=1, num_classes=10, global_pool="avg", embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+DIGITS_ARCH = ViTConfig(
+    img_size=16,
+    patch_size=4,
+    in_chans=1,
+    num_classes=10,
+    global_pool="avg",
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    mlp_ratio=2.0,
+)
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     return pl.Trainer(**{**defaults, **kwargs})
 
 
 def test_fit_with_the_full_recipe(tmp_path):
     pl.seed_everything(0)
-    model = ViTClassifier(arch=DIGITS_ARCH, lr=1e-3, mixup_alpha=0.2, cutmix_alpha=1.0, ema_decay=0.9, ema_warmup=True,
-                          layer_decay=0.75, warmup_steps=2, warmup_fraction=None)  # fmt: skip
-    dm = DigitsDataModule(img_size=16, batch_size=32, crop_padding=2, rotate_degrees=10, rand_augment="rand-m5-n1-mstd0.5", re_prob=0.25)
+    model = ViTClassifier(
+        arch=DIGITS_ARCH,
+        lr=1e-3,
+        mixup_alpha=0.2,
+        cutmix_alpha=1.0,
+        ema_decay=0.9,
+        ema_warmup=True,
+        layer_decay=0.75,
+        warmup_steps=2,
+        warmup_fraction=None,
+    )
+    dm = DigitsDataModule(
+        img_size=16, batch_size=32, crop_padding=2, rotate_degrees=10, rand_augment="rand-m5-n1-mstd0.5", re_prob=0.25
+    )
     ema_before = model.ema.module.head.weight.detach().clone()
     t = trainer(tmp_path, max_steps=6, gradient_clip_val=1.0, limit_val_batches=2, val_check_interval=3)
     t.fit(model, datamodule=dm)
@@ -53,7 +80,9 @@ def test_fit_with_the_full_recipe(tmp_path):
 
 
 def test_optimizer_groups_and_schedule(tmp_path):
-    model = ViTClassifier(arch=DIGITS_ARCH, lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_fraction=0.2, weight_decay=0.05)
+    model = ViTClassifier(
+        arch=DIGITS_ARCH, lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_fraction=0.2, weight_decay=0.05
+    )
     t = trainer(tmp_path, max_steps=20)
     model.trainer = t
     cfg = model.configure_optimizers()
@@ -61,8 +90,17 @@ def test_optimizer_groups_and_schedule(tmp_path):
     names = {id(p): n for n, p in model.model.named_parameters()}
     no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert {"pos_embed", "cls_token", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias", "head.bias", "fc_norm.weight"} <= no_decay
-    assert decay == {n for n, p in model.model.named_parameters() if p.dim() > 1 and n != "pos_embed" and n != "cls_token"}
+    assert {
+        "pos_embed",
+        "cls_token",
+        "blocks.0.norm1.weight",
+        "blocks.0.attn.qkv.bias",
+        "head.bias",
+        "fc_norm.weight",
+    } <= no_decay
+    assert decay == {
+        n for n, p in model.model.named_parameters() if p.dim() > 1 and n != "pos_embed" and n != "cls_token"
+    }
     lrs = []
     for step in range(21):
         sched.step_update(num_updates=step)
@@ -83,19 +121,36 @@ def test_layer_decay_scales_lr_by_depth(tmp_path):
 
 
 def test_finetune_from_timm_weights(tmp_path, caplog):
-    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, in_chans=1, depth=2,
-                            embed_dim=32, num_heads=2, mlp_ratio=2.0, global_pool="avg", class_token=True)  # fmt: skip
+    ref = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=4,
+        in_chans=1,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        mlp_ratio=2.0,
+        global_pool="avg",
+        class_token=True,
+    )
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "timm.safetensors"))
     with caplog.at_level("INFO"):
-        model = ViTClassifier(arch=DIGITS_ARCH, pretrained=str(tmp_path / "timm.safetensors"), layer_decay=0.65, ema_decay=0.99)
-        assert not torch.equal(model.model.blocks[1].mlp.fc1.weight, ref.blocks[1].mlp.fc1.weight)  # loaded when a run starts
+        model = ViTClassifier(
+            arch=DIGITS_ARCH, pretrained=str(tmp_path / "timm.safetensors"), layer_decay=0.65, ema_decay=0.99
+        )
+        assert not torch.equal(
+            model.model.blocks[1].mlp.fc1.weight, ref.blocks[1].mlp.fc1.weight
+        )  # loaded when a run starts
         model.load_pretrained()
     assert "dropping the checkpoint's classifier head (1000 classes)" in caplog.text
     assert "resampled pos_embed" in caplog.text and model.model.pos_embed.shape == (1, 17, 32)
     assert torch.equal(model.model.blocks[1].mlp.fc1.weight, ref.blocks[1].mlp.fc1.weight)
     assert torch.equal(model.ema.module.blocks[1].mlp.fc1.weight, ref.blocks[1].mlp.fc1.weight)
     fresh = ViTClassifier(arch=DIGITS_ARCH, pretrained=str(tmp_path / "timm.safetensors"))
-    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(fresh, datamodule=DigitsDataModule(img_size=16, batch_size=16))
+    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(
+        fresh, datamodule=DigitsDataModule(img_size=16, batch_size=16)
+    )
     assert not fresh._pretrained_pending  # fit loaded the weights before training
     t = trainer(tmp_path, max_steps=2, limit_val_batches=0)
     t.fit(model, datamodule=DigitsDataModule(img_size=16, batch_size=16))
@@ -138,7 +193,9 @@ def _image_folder(root: Path, classes=("cat", "dog"), n=6, size=(40, 30)) -> Pat
 
 def test_image_folder_fit_and_test(tmp_path):
     root = _image_folder(tmp_path / "data")
-    dm = ImageFolderDataModule(train_dir=str(root / "train"), val_dir=str(root / "val"), img_size=32, batch_size=4, num_workers=0)
+    dm = ImageFolderDataModule(
+        train_dir=str(root / "train"), val_dir=str(root / "val"), img_size=32, batch_size=4, num_workers=0
+    )
     dm.setup("fit")
     assert dm.classes == ["cat", "dog"] and dm.num_classes == 2
     arch = ViTConfig(img_size=32, patch_size=8, num_classes=2, embed_dim=32, depth=1, num_heads=2)
@@ -160,7 +217,10 @@ def _fake_cifar(root: Path) -> None:
         with open(folder / name, "wb") as f:
             pickle.dump({"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}, f)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}, f)
+        pickle.dump(
+            {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+            f,
+        )
 
 
 def test_cifar_datamodule_reads_a_local_root(tmp_path, monkeypatch):
@@ -207,8 +267,15 @@ def _digit_pngs(tmp_path: Path) -> list[str]:
 
 def test_cli_fit_predict_test_attention(tmp_path, capsys):
     root = tmp_path / "run"
-    common = ["--config", str(REPO / "configs/vit/digits.yaml"), f"--trainer.default_root_dir={root}",
-              "--trainer.enable_model_summary=false", "--model.arch.embed_dim=32", "--model.arch.depth=1", "--model.arch.num_heads=2"]  # fmt: skip
+    common = [
+        "--config",
+        str(REPO / "configs/vit/digits.yaml"),
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_model_summary=false",
+        "--model.arch.embed_dim=32",
+        "--model.arch.depth=1",
+        "--model.arch.num_heads=2",
+    ]
     main(["fit", *common, "--trainer.max_steps=3", "--trainer.limit_val_batches=1"])
     last = next(root.rglob("last.ckpt"))
     ckpt = load_checkpoint(last)  # weights_only=True: the checkpoint holds only plain data
@@ -236,8 +303,16 @@ def test_cli_fit_predict_test_attention(tmp_path, capsys):
 def test_cli_predict_rejects_rgb_for_a_grayscale_model(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match="expects 1-channel grayscale images"):
-        main(["predict", str(tmp_path / "rgb.png"), "--config", str(REPO / "configs/vit/digits.yaml"),
-              f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_model_summary=false"])  # fmt: skip
+        main(
+            [
+                "predict",
+                str(tmp_path / "rgb.png"),
+                "--config",
+                str(REPO / "configs/vit/digits.yaml"),
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.enable_model_summary=false",
+            ]
+        )
 
 
 def test_cli_help_explains_options(capsys):
@@ -247,7 +322,13 @@ def test_cli_help_explains_options(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for opt in ("--model.arch.embed_dim", "--model.arch.reg_tokens", "--model.layer_decay", "--model.ema_decay", "--checkpoint.monitor"):
+    for opt in (
+        "--model.arch.embed_dim",
+        "--model.arch.reg_tokens",
+        "--model.layer_decay",
+        "--model.ema_decay",
+        "--checkpoint.monitor",
+    ):
         assert opt in text
     assert "Layer-wise LR decay" in text and "register tokens" in text
     with pytest.raises(SystemExit):

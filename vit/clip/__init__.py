@@ -7,7 +7,7 @@
 `python -m vit zero-shot photo.jpg --labels "a cat" "a dog" --clip PATH` does the same from the shell.
 """
 
-from .model import CLIP_MEAN, CLIP_STD, CLIP, CLIPConfig, TextTransformer, image_transform
+from .model import CLIP, CLIP_MEAN, CLIP_STD, CLIPConfig, TextTransformer, image_transform
 from .tokenizer import CLIPTokenizer
 from .weights import (
     PRETRAINED,

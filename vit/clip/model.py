@@ -27,7 +27,7 @@ from torchvision.transforms import v2 as T
 from core_attention import TransformerBlock
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 
-from ..model import ACT_LAYERS, ViTConfig, VisionTransformer
+from ..model import ACT_LAYERS, VisionTransformer, ViTConfig
 from .tokenizer import CLIPTokenizer
 
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
@@ -78,9 +78,17 @@ class CLIPConfig:
     def vision_config(self) -> ViTConfig:
         """The image tower as a ViT: class-token pooling, no classifier head (the projection follows)."""
         return ViTConfig(
-            img_size=self.image_size, patch_size=self.patch_size, num_classes=0, global_pool="token",
-            embed_dim=self.vision_width, depth=self.vision_layers, num_heads=self.vision_heads,
-            mlp_ratio=self.mlp_ratio, pre_norm=True, act_layer=self.act_layer, norm_eps=1e-5,
+            img_size=self.image_size,
+            patch_size=self.patch_size,
+            num_classes=0,
+            global_pool="token",
+            embed_dim=self.vision_width,
+            depth=self.vision_layers,
+            num_heads=self.vision_heads,
+            mlp_ratio=self.mlp_ratio,
+            pre_norm=True,
+            act_layer=self.act_layer,
+            norm_eps=1e-5,
         )
 
     @classmethod
@@ -106,8 +114,13 @@ class TextTransformer(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, config.context_length, width))
         self.blocks = nn.ModuleList(
-            TransformerBlock(width, config.text_heads, mlp_ratio=config.mlp_ratio, norm_eps=1e-5,
-                             act_layer=ACT_LAYERS[config.act_layer])
+            TransformerBlock(
+                width,
+                config.text_heads,
+                mlp_ratio=config.mlp_ratio,
+                norm_eps=1e-5,
+                act_layer=ACT_LAYERS[config.act_layer],
+            )
             for _ in range(config.text_layers)
         )
         self.norm = nn.LayerNorm(width, eps=1e-5)
@@ -236,10 +249,12 @@ class CLIP(nn.Module):
 
 def image_transform(size: int) -> T.Compose:
     """CLIP's evaluation preprocessing at `size` px for PIL images or float tensors in [0, 1]."""
-    return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.CenterCrop(size),
-        T.ToImage(),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
+    return T.Compose(
+        [
+            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(size),
+            T.ToImage(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )

@@ -28,22 +28,42 @@ from torch import Tensor
 
 from core_attention.io import load_checkpoint, load_safetensors, load_state_dict_checked
 
-from .model import CONFIG_NAME, WEIGHTS_NAME, CLIP, CLIPConfig
+from .model import CLIP, CONFIG_NAME, WEIGHTS_NAME, CLIPConfig
 from .torchscript import is_torchscript, read_torchscript
 
 log = logging.getLogger(__name__)
 
 _B32 = CLIPConfig()
 _B16 = replace(_B32, patch_size=16)
-_L14 = replace(_B32, embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16,
-               text_width=768, text_heads=12)
-_H14 = replace(_B32, embed_dim=1024, patch_size=14, vision_width=1280, vision_layers=32, vision_heads=16,
-               text_width=1024, text_heads=16, text_layers=24)  # head width 80: the heads come from here, not shapes
+_L14 = replace(
+    _B32,
+    embed_dim=768,
+    patch_size=14,
+    vision_width=1024,
+    vision_layers=24,
+    vision_heads=16,
+    text_width=768,
+    text_heads=12,
+)
+_H14 = replace(
+    _B32,
+    embed_dim=1024,
+    patch_size=14,
+    vision_width=1280,
+    vision_layers=32,
+    vision_heads=16,
+    text_width=1024,
+    text_heads=16,
+    text_layers=24,
+)  # head width 80: the heads come from here, not shapes
 # open_clip's model names; "-quickgelu" marks weights trained with QuickGELU (OpenAI's, and some LAION runs).
 VARIANTS: dict[str, CLIPConfig] = {
-    "ViT-B-32": _B32, "ViT-B-32-quickgelu": replace(_B32, quick_gelu=True),
-    "ViT-B-16": _B16, "ViT-B-16-quickgelu": replace(_B16, quick_gelu=True),
-    "ViT-L-14": _L14, "ViT-L-14-quickgelu": replace(_L14, quick_gelu=True),
+    "ViT-B-32": _B32,
+    "ViT-B-32-quickgelu": replace(_B32, quick_gelu=True),
+    "ViT-B-16": _B16,
+    "ViT-B-16-quickgelu": replace(_B16, quick_gelu=True),
+    "ViT-L-14": _L14,
+    "ViT-L-14-quickgelu": replace(_L14, quick_gelu=True),
     "ViT-H-14": _H14,
 }
 # "<variant>/<tag>" -> (Hugging Face repo holding open_clip_model.safetensors, variant), as open_clip names them.
@@ -62,6 +82,7 @@ _NOT_WEIGHTS = ("attn_mask", "input_resolution", "context_length", "vocab_size")
 
 
 # ---- reading files ---------------------------------------------------------------------------------------------
+
 
 def read_open_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
     """{open_clip name: tensor} from a `.safetensors`, a `.bin`/`.pt`/`.pth` checkpoint or OpenAI's TorchScript."""
@@ -85,14 +106,23 @@ def read_open_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
 # ---- names and shapes ------------------------------------------------------------------------------------------
 
 _BLOCK_NAMES = {
-    "ln_1": "norm1", "attn.in_proj_weight": "attn.qkv.weight", "attn.in_proj_bias": "attn.qkv.bias",
-    "attn.out_proj": "attn.proj", "ln_2": "norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
-    "ls_1.gamma": "ls1.gamma", "ls_2.gamma": "ls2.gamma",
+    "ln_1": "norm1",
+    "attn.in_proj_weight": "attn.qkv.weight",
+    "attn.in_proj_bias": "attn.qkv.bias",
+    "attn.out_proj": "attn.proj",
+    "ln_2": "norm2",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+    "ls_1.gamma": "ls1.gamma",
+    "ls_2.gamma": "ls2.gamma",
 }
 _TOP_NAMES = {
-    "visual.conv1.weight": "visual.patch_embed.proj.weight", "visual.ln_pre": "visual.norm_pre",
-    "visual.ln_post": "visual.norm", "token_embedding.weight": "text.token_embedding.weight",
-    "ln_final": "text.norm", "logit_scale": "logit_scale",
+    "visual.conv1.weight": "visual.patch_embed.proj.weight",
+    "visual.ln_pre": "visual.norm_pre",
+    "visual.ln_post": "visual.norm",
+    "token_embedding.weight": "text.token_embedding.weight",
+    "ln_final": "text.norm",
+    "logit_scale": "logit_scale",
 }
 _BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
 
@@ -102,7 +132,7 @@ def _rename(key: str) -> str | None:
         tower, index, rest = "visual" if m[1] else "text", m[2], m[3]
         for old, new in _BLOCK_NAMES.items():
             if rest == old or rest.startswith(old + "."):
-                return f"{tower}.blocks.{index}.{new}{rest[len(old):]}"
+                return f"{tower}.blocks.{index}.{new}{rest[len(old) :]}"
         return None
     for old, new in _TOP_NAMES.items():
         if key == old or key.startswith(old + "."):
@@ -218,12 +248,42 @@ def _saved_architecture(path: Path) -> str | None:
 
 
 # open_clip model_cfg options: those read here, and the rest with the only value this CLIP implements.
-_READ = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale", "image_size", "layers", "width",
-         "patch_size", "head_width", "heads", "mlp_ratio", "context_length", "vocab_size", "patch_dropout"}
-_FIXED = {"custom_text": False, "attentional_pool": False, "no_ln_pre": False, "pos_embed_type": "learnable",
-          "final_ln_after_pool": False, "pool_type": ("tok", "argmax"), "output_tokens": False, "ls_init_value": None,
-          "embed_cls": False, "pad_id": 0, "no_causal_mask": False, "proj_bias": False, "proj_type": "linear",
-          "qk_norm": False, "act_kwargs": None, "norm_kwargs": None, "init_logit_bias": None}
+_READ = {
+    "embed_dim",
+    "quick_gelu",
+    "vision_cfg",
+    "text_cfg",
+    "init_logit_scale",
+    "image_size",
+    "layers",
+    "width",
+    "patch_size",
+    "head_width",
+    "heads",
+    "mlp_ratio",
+    "context_length",
+    "vocab_size",
+    "patch_dropout",
+}
+_FIXED = {
+    "custom_text": False,
+    "attentional_pool": False,
+    "no_ln_pre": False,
+    "pos_embed_type": "learnable",
+    "final_ln_after_pool": False,
+    "pool_type": ("tok", "argmax"),
+    "output_tokens": False,
+    "ls_init_value": None,
+    "embed_cls": False,
+    "pad_id": 0,
+    "no_causal_mask": False,
+    "proj_bias": False,
+    "proj_type": "linear",
+    "qk_norm": False,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "init_logit_bias": None,
+}
 
 
 def _hub_config(path: Path) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Zero-shot classification with CLIP: the label whose prompt embeds closest to the image wins.
 
-    python -m vit zero-shot photo.jpg --labels "a cat" "a dog" --clip ViT-B-32/openai --template "a photo of {}."
+python -m vit zero-shot photo.jpg --labels "a cat" "a dog" --clip ViT-B-32/openai --template "a photo of {}."
 """
 
 from __future__ import annotations
@@ -46,13 +46,19 @@ def zero_shot_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", help="image files (any mode; converted to RGB)")
     p.add_argument("--labels", nargs="+", required=True, help='candidate labels, e.g. --labels "a cat" "a dog"')
-    p.add_argument("--clip", required=True,
-                   help="CLIP weights: a CLIP.save_pretrained folder, open_clip_model.safetensors / "
-                   "open_clip_pytorch_model.bin, OpenAI's ViT-B-32.pt, hf-hub:<repo>, or a name such as "
-                   "ViT-B-32/openai (downloads once)")
-    p.add_argument("--variant", default=None,
-                   help="architecture name (ViT-B-32, ViT-B-32-quickgelu, ViT-B-16, ViT-L-14, ...): needed for an "
-                   "OpenCLIP file without its open_clip_config.json, checked against the weights otherwise")
+    p.add_argument(
+        "--clip",
+        required=True,
+        help="CLIP weights: a CLIP.save_pretrained folder, open_clip_model.safetensors / "
+        "open_clip_pytorch_model.bin, OpenAI's ViT-B-32.pt, hf-hub:<repo>, or a name such as "
+        "ViT-B-32/openai (downloads once)",
+    )
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="architecture name (ViT-B-32, ViT-B-32-quickgelu, ViT-B-16, ViT-L-14, ...): needed for an "
+        "OpenCLIP file without its open_clip_config.json, checked against the weights otherwise",
+    )
     p.add_argument("--template", default="{}", help='prompt for each label, e.g. "a photo of {}." (default: the label)')
     p.add_argument("--top-k", type=int, default=5, help="labels to print per image (default: 5)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

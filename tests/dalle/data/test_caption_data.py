@@ -71,8 +71,11 @@ def test_caption_folder(tmp_path):
 
 
 def test_caption_folder_reads_latin1_captions_and_reports_empty_ones(tmp_path):
-    for name, caption in (("accents", "un café rouge".encode("cp1252")), ("utf8", "un café bleu".encode()),
-                          ("empty", b"\n  \n")):
+    for name, caption in (
+        ("accents", "un café rouge".encode("cp1252")),
+        ("utf8", "un café bleu".encode()),
+        ("empty", b"\n  \n"),
+    ):
         Image.new("RGB", (16, 16)).save(tmp_path / f"{name}.png")
         (tmp_path / f"{name}.txt").write_bytes(caption)
     with pytest.warns(UserWarning) as record:

@@ -49,16 +49,26 @@ class FormatChecker(pl.LightningModule):
 
 def fit(datamodule, image_size):
     model = FormatChecker(image_size)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2, accelerator="cpu", devices=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=datamodule)
     return model.seen
 
 
 def test_shapes_datamodule():
-    dm = ShapesDataModule(image_size=32, max_shapes=2, num_train=40, num_val=10, num_test=10, num_heldout=10,
-                          batch_size=8)
+    dm = ShapesDataModule(
+        image_size=32, max_shapes=2, num_train=40, num_val=10, num_test=10, num_heldout=10, batch_size=8
+    )
     assert dm.hparams.num_train == 40
     check_batch(next(iter(dm.train_dataloader())), 8, 32, labels=True)
     assert len(dm.train_dataloader()) == 5
@@ -94,8 +104,9 @@ def test_caption_folder_datamodule(tmp_path):
     again.setup("fit")
     assert again.val_set.indices == dm.val_set.indices
 
-    separate = CaptionFolderDataModule(str(tmp_path / "train"), val_dir=str(tmp_path / "val"), image_size=16,
-                                       batch_size=4)
+    separate = CaptionFolderDataModule(
+        str(tmp_path / "train"), val_dir=str(tmp_path / "val"), image_size=16, batch_size=4
+    )
     separate.setup("fit")
     assert len(separate.train_set) == 20 and len(separate.val_set) == 6
     assert fit(separate, 16) == {"train": 2, "val": 2}
@@ -116,8 +127,7 @@ def test_webdataset_datamodule(tmp_path):
     assert len(list(dm.train_captions())) == 24
 
     pattern = str(tmp_path / "train-{0000..0003}.tar")
-    endless = WebDatasetDataModule(pattern, image_size=16, batch_size=4, num_workers=2, resampled=True,
-                                   epoch_length=40)
+    endless = WebDatasetDataModule(pattern, image_size=16, batch_size=4, num_workers=2, resampled=True, epoch_length=40)
     batches = list(endless.train_dataloader())
     assert len(batches) == 10 and all(len(b["caption"]) == 4 for b in batches)
     assert fit(endless, 16) == {"train": 2, "val": 0}
@@ -129,8 +139,10 @@ def test_webdataset_datamodule(tmp_path):
 def test_lightning_cli_signatures(cls, tmp_path):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "data")
-    required = {"CaptionFolderDataModule": ["--data.train_dir", "x"],
-                "WebDatasetDataModule": ["--data.train_urls", "a-{0..3}.tar"]}.get(cls.__name__, [])
+    required = {
+        "CaptionFolderDataModule": ["--data.train_dir", "x"],
+        "WebDatasetDataModule": ["--data.train_urls", "a-{0..3}.tar"],
+    }.get(cls.__name__, [])
     config = parser.parse_args(required + ["--data.batch_size", "3"])
     assert config.data.batch_size == 3
 
@@ -161,8 +173,16 @@ def test_webdataset_ddp_splits_shards_across_ranks(tmp_path):
     shards = write_shards(source, tmp_path / "shard-%04d.tar", maxcount=4)  # 4 shards -> 2 per rank
     dm = WebDatasetDataModule(shards, image_size=16, batch_size=2, shuffle=0)
     model = CaptionCollector(16, tmp_path / "captions.json")
-    trainer = pl.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=dm)
     per_rank = json.loads((tmp_path / "captions.json").read_text())  # missing if the ranks never trained
     assert len(per_rank) == 2 and [len(c) for c in per_rank] == [8, 8]  # each rank its own half

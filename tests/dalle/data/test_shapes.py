@@ -3,7 +3,25 @@ import random
 import pytest
 import torch
 
-from dalle.data.shapes import ALL_PAIRS, COLOURS, HELD_OUT_PAIRS, POSITIONS, RGB, SHAPES, SIZES, SYNONYMS, TRAIN_PAIRS, Shape, ShapesDataset, canonical_caption, caption, is_held_out, parse_caption, render, write_folder
+from dalle.data.shapes import (
+    ALL_PAIRS,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    POSITIONS,
+    RGB,
+    SHAPES,
+    SIZES,
+    SYNONYMS,
+    TRAIN_PAIRS,
+    Shape,
+    ShapesDataset,
+    canonical_caption,
+    caption,
+    is_held_out,
+    parse_caption,
+    render,
+    write_folder,
+)
 
 
 def random_scene(rng: random.Random, n: int) -> tuple[Shape, ...]:

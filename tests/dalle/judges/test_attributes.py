@@ -9,12 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle.judges.attributes import ATTRIBUTES, AllPairsShapes, AttributeClassifier, AttributeDataModule, load_classifier, train_classifier
 from dalle.data.shapes import ALL_PAIRS, COLOURS, HELD_OUT_PAIRS, POSITIONS, SHAPES, SIZES, Shape, ShapesDataset, render
+from dalle.judges.attributes import (
+    ATTRIBUTES,
+    AllPairsShapes,
+    AttributeClassifier,
+    AttributeDataModule,
+    load_classifier,
+    train_classifier,
+)
 from vit import ViTConfig
 
 ROOT = Path(__file__).resolve().parents[3]
-TINY = dict(img_size=16, patch_size=8, num_classes=0, global_pool="avg", embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0)
+TINY = dict(
+    img_size=16, patch_size=8, num_classes=0, global_pool="avg", embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0
+)
 
 
 def test_heads_follow_the_dataset_label_order() -> None:
@@ -22,13 +31,20 @@ def test_heads_follow_the_dataset_label_order() -> None:
     assert ATTRIBUTES["shape"] == SHAPES and ATTRIBUTES["colour"] == COLOURS
     assert ATTRIBUTES["size"] == SIZES and ATTRIBUTES["position"] == POSITIONS
     shape = Shape("triangle", "blue", "large", "bottom")
-    assert shape.labels() == [ATTRIBUTES[a].index(v) for a, v in zip(ATTRIBUTES, ("triangle", "blue", "large", "bottom"))]
+    assert shape.labels() == [
+        ATTRIBUTES[a].index(v) for a, v in zip(ATTRIBUTES, ("triangle", "blue", "large", "bottom"))
+    ]
 
 
 def test_forward_and_predict_shapes() -> None:
     model = AttributeClassifier(TINY)
     logits = model(torch.rand(3, 3, 16, 16))
-    assert {k: tuple(v.shape) for k, v in logits.items()} == {"shape": (3, 5), "colour": (3, 8), "size": (3, 2), "position": (3, 9)}
+    assert {k: tuple(v.shape) for k, v in logits.items()} == {
+        "shape": (3, 5),
+        "colour": (3, 8),
+        "size": (3, 2),
+        "position": (3, 9),
+    }
     pred = model.predict(torch.rand(5, 3, 32, 32))  # another size: resized to img_size
     assert pred.shape == (5, 4) and pred.dtype == torch.long
     for i, classes in enumerate(ATTRIBUTES.values()):
@@ -86,7 +102,13 @@ def test_datamodule_tests_on_the_project_splits() -> None:
 
 
 def test_fit_classifier_help() -> None:
-    out = subprocess.run([sys.executable, "-m", "dalle", "fit-classifier", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "dalle", "fit-classifier", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     for option in ("--model.arch.patch_size", "--model.export_dir", "--data.jitter", "--model.noise_std"):
         assert option in out.stdout

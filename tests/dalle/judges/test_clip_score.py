@@ -10,13 +10,13 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from dalle.__main__ import main as dalle_main
-from dalle.vae.dvae import DiscreteVAE
-from dalle.pipeline import generate_images, load_reranker
 from dalle.generate import generate_main
 from dalle.judges.clip_score import CLIPReranker, clip_score, clip_similarity
 from dalle.judges.clip_score_cli import clip_score_report
+from dalle.pipeline import generate_images, load_reranker
 from dalle.transformer.model import DALLE
 from dalle.transformer.tokenizer import BPETokenizer
+from dalle.vae.dvae import DiscreteVAE
 from vit.clip import load_clip
 from vit.clip.model import CLIP_MEAN, CLIP_STD
 
@@ -34,8 +34,15 @@ def dalle_folder(tmp_path_factory):
     tokenizer = BPETokenizer.train(CAPTIONS, 200)
     torch.manual_seed(0)
     vae = DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).eval()
-    model = DALLE(text_vocab_size=tokenizer.vocab_size, text_seq_len=8, image_vocab_size=32, image_grid_size=4, dim=32,
-                  depth=2, num_heads=4).eval()
+    model = DALLE(
+        text_vocab_size=tokenizer.vocab_size,
+        text_seq_len=8,
+        image_vocab_size=32,
+        image_grid_size=4,
+        dim=32,
+        depth=2,
+        num_heads=4,
+    ).eval()
     folder = tmp_path_factory.mktemp("dalle") / "export"
     model.save_pretrained(folder)
     tokenizer.save(folder / "tokenizer.json")
@@ -78,8 +85,25 @@ def test_generate_reranks_with_clip(clip_folder, dalle_folder, tmp_path, capsys)
     all_scores = seen[0].view(2, 5)
     torch.testing.assert_close(result.scores, all_scores.topk(2, dim=1).values)  # kept the two CLIP liked best
     torch.testing.assert_close(reranker(["a red circle"] * 2, result.images[0]), result.scores[0], atol=1e-4, rtol=0)
-    argv = [*prompts, "-n", "2", "--candidates", "5", "--checkpoint", str(folder), "--out", str(tmp_path / "g.png"),
-            "--seed", "1", "--rerank", "clip", "--rerank-checkpoint", str(clip_path), "--device", "cpu"]
+    argv = [
+        *prompts,
+        "-n",
+        "2",
+        "--candidates",
+        "5",
+        "--checkpoint",
+        str(folder),
+        "--out",
+        str(tmp_path / "g.png"),
+        "--seed",
+        "1",
+        "--rerank",
+        "clip",
+        "--rerank-checkpoint",
+        str(clip_path),
+        "--device",
+        "cpu",
+    ]
     assert generate_main(argv) == 0
     out = capsys.readouterr().out
     assert f"'a red circle': reranker scores {result.scores[0, 0]:.3f}" in out
@@ -105,8 +129,21 @@ def test_clip_score_cli_on_files_and_on_a_checkpoint(clip_folder, dalle_folder, 
     assert report["mean"] == pytest.approx(expected.mean().item(), abs=1e-4)
     assert f"CLIP score: {expected.mean().item():.2f}" in stdout
 
-    report = clip_score_report(["--checkpoint", str(folder), "--prompts", "a red circle", "a blue square", "-n", "2",
-                              "--clip", str(clip_path), "--device", "cpu"])
+    report = clip_score_report(
+        [
+            "--checkpoint",
+            str(folder),
+            "--prompts",
+            "a red circle",
+            "a blue square",
+            "-n",
+            "2",
+            "--clip",
+            str(clip_path),
+            "--device",
+            "cpu",
+        ]
+    )
     assert report["count"] == 4 and "CLIP score:" in capsys.readouterr().out
     (images / "1.txt").unlink()
     with pytest.raises(ValueError, match=r"no prompt for .*1.png: pass --prompt, or put its caption in .*1.txt"):
@@ -137,8 +174,23 @@ def test_pretrained_mini_mega_rerank_with_clip(clip_folder, tmp_path, monkeypatc
     monkeypatch.setattr(pretrained, "load_pretrained", lambda *a, **k: SimpleNamespace(vqgan=None))
     monkeypatch.setattr(pretrained, "generate_pretrained", fake_generate)
     prompts = ["a red circle", "a blue square"]
-    argv = [*prompts, "--pretrained", "mini", "-n", "2", "--candidates", "4", "--rerank", "clip",
-            "--rerank-checkpoint", str(clip_path), "--out", str(tmp_path / "g.png"), "--device", "cpu"]
+    argv = [
+        *prompts,
+        "--pretrained",
+        "mini",
+        "-n",
+        "2",
+        "--candidates",
+        "4",
+        "--rerank",
+        "clip",
+        "--rerank-checkpoint",
+        str(clip_path),
+        "--out",
+        str(tmp_path / "g.png"),
+        "--device",
+        "cpu",
+    ]
     assert generate_main(argv) == 0
     assert asked["num_images"] == 4
     out = capsys.readouterr().out

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dalle.data.shapes import HELD_OUT_PAIRS, TRAIN_PAIRS, ShapesDataset, canonical_caption, is_held_out, parse_caption
 from dalle.judges.attributes import AttributeClassifier
 from dalle.judges.evaluate import SPLITS, accuracy, evaluate_main, prompt_scenes, split_scenes
-from dalle.data.shapes import HELD_OUT_PAIRS, TRAIN_PAIRS, ShapesDataset, canonical_caption, is_held_out, parse_caption
 
 ROOT = Path(__file__).resolve().parents[3]
 METRICS = {"shape", "colour", "size", "position", "all"}
@@ -49,16 +49,22 @@ def test_accuracy_counts_each_attribute_and_all_together() -> None:
 @pytest.fixture(scope="module")
 def dalle_folder(tmp_path_factory) -> Path:
     """A tiny untrained DALL·E written through the training module's own export (what `python -m dalle fit` saves)."""
-    from dalle.vae.dvae import DiscreteVAE
     from dalle.transformer.module import DALLEModule
     from dalle.transformer.tokenizer import BPETokenizer
+    from dalle.vae.dvae import DiscreteVAE
 
     root = tmp_path_factory.mktemp("dalle")
     torch.manual_seed(0)
     DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(root / "vae")
     BPETokenizer.train(ShapesDataset("train", 300, 16).iter_captions(), vocab_size=200).save(root / "tokenizer.json")
-    module = DALLEModule(vae_path=str(root / "vae"), tokenizer_path=str(root / "tokenizer.json"), text_seq_len=24,
-                         dim=32, depth=1, num_heads=2)  # fmt: skip
+    module = DALLEModule(
+        vae_path=str(root / "vae"),
+        tokenizer_path=str(root / "tokenizer.json"),
+        text_seq_len=24,
+        dim=32,
+        depth=1,
+        num_heads=2,
+    )
     return module.export(root / "export")
 
 
@@ -69,17 +75,41 @@ def run_evaluate(args: list[str], capsys) -> tuple[int, str]:
 
 def test_evaluate_end_to_end(dalle_folder, tmp_path, capsys) -> None:
     torch.manual_seed(0)
-    AttributeClassifier(dict(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False,
-                             embed_dim=16, depth=1, num_heads=2)).save_pretrained(tmp_path / "clf")  # fmt: skip
+    AttributeClassifier(
+        dict(
+            img_size=48,
+            patch_size=16,
+            num_classes=0,
+            global_pool="",
+            class_token=False,
+            embed_dim=16,
+            depth=1,
+            num_heads=2,
+        )
+    ).save_pretrained(tmp_path / "clf")
     out = tmp_path / "eval"
-    args = ["--checkpoint", str(dalle_folder), "--classifier", str(tmp_path / "clf"), "--num-prompts", "5",
-            "--images-per-prompt", "2", "--batch-size", "4", "--grid-prompts", "3"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(dalle_folder),
+        "--classifier",
+        str(tmp_path / "clf"),
+        "--num-prompts",
+        "5",
+        "--images-per-prompt",
+        "2",
+        "--batch-size",
+        "4",
+        "--grid-prompts",
+        "3",
+    ]
     code, printed = run_evaluate([*args, "--out", str(out)], capsys)
     assert code == 0
     assert "held_in" in printed and "held_out" in printed and "quality bar" in printed
 
     report = json.loads((out / "report.json").read_text())
-    assert {"summary", "checkpoint", "classifier", "settings", "held_in", "held_out", "quality_bar", "grids"} <= set(report)
+    assert {"summary", "checkpoint", "classifier", "settings", "held_in", "held_out", "quality_bar", "grids"} <= set(
+        report
+    )
     assert report["summary"]["held_out"] == report["held_out"]["accuracy"]
     for split in ("held_in", "held_out"):
         r = report[split]
@@ -101,8 +131,20 @@ def test_evaluate_end_to_end(dalle_folder, tmp_path, capsys) -> None:
 
 
 def test_evaluate_trains_and_caches_a_missing_classifier(dalle_folder, tmp_path, capsys) -> None:
-    args = ["--checkpoint", str(dalle_folder), "--classifier", str(tmp_path / "clf"), "--classifier-steps", "2",
-            "--out", str(tmp_path / "eval"), "--num-prompts", "2", "--images-per-prompt", "1"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(dalle_folder),
+        "--classifier",
+        str(tmp_path / "clf"),
+        "--classifier-steps",
+        "2",
+        "--out",
+        str(tmp_path / "eval"),
+        "--num-prompts",
+        "2",
+        "--images-per-prompt",
+        "1",
+    ]
     code, printed = run_evaluate(args, capsys)
     assert code == 0 and "training one" in printed
     assert (tmp_path / "clf" / "model.safetensors").is_file()
@@ -114,20 +156,44 @@ def test_evaluate_trains_and_caches_a_missing_classifier(dalle_folder, tmp_path,
 def test_evaluate_with_a_reranker_scores_its_best_candidates(dalle_folder, tmp_path, capsys) -> None:
     """`--reranker DIR --candidates C`: each prompt's images are the reranker's best of C candidates (the shipped
     shapes figures are measured this way), and the report records which reranker and how many candidates."""
-    from dalle.judges.evaluate import evaluate
-    from dalle.pipeline import generate_images
-    from dalle.pipeline import load_pipeline
-    from dalle.judges.reranker import ContrastiveReranker, load_reranker
-    from dalle.transformer.tokenizer import BPETokenizer
     from recipes import tiny_reranker_config as tiny_config
+
+    from dalle.judges.evaluate import evaluate
+    from dalle.judges.reranker import ContrastiveReranker, load_reranker
+    from dalle.pipeline import generate_images, load_pipeline
+    from dalle.transformer.tokenizer import BPETokenizer
 
     torch.manual_seed(0)
     tokenizer = BPETokenizer.train(ShapesDataset("train", 300, 16).iter_captions(), vocab_size=200)
     ContrastiveReranker(tiny_config(), tokenizer).save_pretrained(tmp_path / "rr")
-    AttributeClassifier(dict(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False,
-                             embed_dim=16, depth=1, num_heads=2)).save_pretrained(tmp_path / "clf")  # fmt: skip
-    args = ["--checkpoint", str(dalle_folder), "--classifier", str(tmp_path / "clf"), "--num-prompts", "3",
-            "--images-per-prompt", "2", "--reranker", str(tmp_path / "rr"), "--candidates", "5", "--out", str(tmp_path / "eval")]  # fmt: skip
+    AttributeClassifier(
+        dict(
+            img_size=48,
+            patch_size=16,
+            num_classes=0,
+            global_pool="",
+            class_token=False,
+            embed_dim=16,
+            depth=1,
+            num_heads=2,
+        )
+    ).save_pretrained(tmp_path / "clf")
+    args = [
+        "--checkpoint",
+        str(dalle_folder),
+        "--classifier",
+        str(tmp_path / "clf"),
+        "--num-prompts",
+        "3",
+        "--images-per-prompt",
+        "2",
+        "--reranker",
+        str(tmp_path / "rr"),
+        "--candidates",
+        "5",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     code, _ = run_evaluate(args, capsys)
     assert code == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -137,8 +203,18 @@ def test_evaluate_with_a_reranker_scores_its_best_candidates(dalle_folder, tmp_p
     model, dalle_tokenizer, vae = load_pipeline(dalle_folder)
     reranker = load_reranker(tmp_path / "rr")
     classifier = AttributeClassifier.from_pretrained(tmp_path / "clf")
-    kept = evaluate(model, dalle_tokenizer, vae, classifier, num_prompts=3, images_per_prompt=2, candidates=5,
-                    rerank=reranker.score, splits=("held_out",), seed=1)["held_out"]  # fmt: skip
+    kept = evaluate(
+        model,
+        dalle_tokenizer,
+        vae,
+        classifier,
+        num_prompts=3,
+        images_per_prompt=2,
+        candidates=5,
+        rerank=reranker.score,
+        splits=("held_out",),
+        seed=1,
+    )["held_out"]
     prompts = kept["prompts"]
     assert kept["accuracy"] == report["held_out"]["accuracy"]  # the CLI ran the same evaluation
     every = generate_images(model, dalle_tokenizer, vae, prompts, num_images=5, seed=1).images  # (3, 5, 3, H, W)
@@ -170,10 +246,25 @@ def test_missing_checkpoint_is_explained(tmp_path, capsys) -> None:
 
 
 def test_help_lists_every_option() -> None:
-    out = subprocess.run([sys.executable, "-m", "dalle", "evaluate", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "dalle", "evaluate", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
-    for option in ("--checkpoint", "--classifier", "--num-prompts", "--images-per-prompt", "--prompt-seed", "--seed",
-                   "--reranker", "--candidates", "--guidance-scale", "--out", "--classifier-steps"):  # fmt: skip
+    for option in (
+        "--checkpoint",
+        "--classifier",
+        "--num-prompts",
+        "--images-per-prompt",
+        "--prompt-seed",
+        "--seed",
+        "--reranker",
+        "--candidates",
+        "--guidance-scale",
+        "--out",
+        "--classifier-steps",
+    ):
         assert option in out.stdout
-    listing = subprocess.run([sys.executable, "-m", "dalle", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    listing = subprocess.run(
+        [sys.executable, "-m", "dalle", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert all(name in listing.stdout for name in ("evaluate", "fit-classifier", "fit-reranker"))

@@ -18,22 +18,32 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-
-from dalle.judges.attributes import train_classifier
-from dalle.data.datamodules import ShapesDataModule
-from dalle.vae.module import DVAEModule
-from dalle.judges.evaluate import evaluate, format_table
-from dalle.transformer.module import DALLEModule
-from dalle.judges.reranker import RerankerConfig, RerankerModule
 from recipes import REDUCED_DVAE
+
+from dalle.data.datamodules import ShapesDataModule
+from dalle.judges.attributes import train_classifier
+from dalle.judges.evaluate import evaluate, format_table
+from dalle.judges.reranker import RerankerConfig, RerankerModule
+from dalle.transformer.module import DALLEModule
+from dalle.vae.module import DVAEModule
 
 IMAGE_SIZE = 16
 # The reduced dVAE recipe of test_dvae_training.py with a 256-code book, trained on 16 px scenes of one or two shapes.
 DVAE = {**REDUCED_DVAE, "image_size": IMAGE_SIZE, "num_tokens": 256}
 DVAE_STEPS = 1600  # colours separate late: 800 steps kept one colour for every shape
 # configs/dalle/shapes.yaml at dim 64 and depth 2 (0.17M parameters), over 28 + 64 positions.
-DALLE = dict(tokenizer_vocab_size=512, tokenizer_train_limit=5000, text_seq_len=28, dim=64, depth=2, num_heads=4,
-             lr=3e-3, min_lr=3e-5, warmup_steps=50, caption_dropout=0.1)  # fmt: skip
+DALLE = dict(
+    tokenizer_vocab_size=512,
+    tokenizer_train_limit=5000,
+    text_seq_len=28,
+    dim=64,
+    depth=2,
+    num_heads=4,
+    lr=3e-3,
+    min_lr=3e-5,
+    warmup_steps=50,
+    caption_dropout=0.1,
+)
 DALLE_STEPS = 800
 CLASSIFIER_STEPS = 500
 RERANKER_STEPS = 400  # configs/dalle/reranker.yaml's model, 400 steps of 128 one-shape scenes
@@ -43,9 +53,21 @@ CANDIDATES = 8
 def _fit(module: pl.LightningModule, data: pl.LightningDataModule, root: Path, steps: int) -> float:
     """Trains ``module`` for ``steps`` steps; returns the seconds it took."""
     start = time.perf_counter()
-    pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, default_root_dir=root, logger=False,
-               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-               num_sanity_val_steps=0, gradient_clip_val=1.0, precision="32-true").fit(module, datamodule=data)  # fmt: skip
+    pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        max_epochs=-1,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        precision="32-true",
+    ).fit(module, datamodule=data)
     return time.perf_counter() - start
 
 
@@ -73,8 +95,15 @@ def test_reduced_shapes_recipe_follows_prompts(tmp_path) -> None:
 
     settings = dict(num_prompts=24, images_per_prompt=2, guidance_scale=3.0, top_p=0.9)
     single = evaluate(module.model.eval(), module.tokenizer, module.vae, classifier, **settings)
-    reranked = evaluate(module.model, module.tokenizer, module.vae, classifier, candidates=CANDIDATES,
-                        rerank=reranker.model.eval().score, **settings)  # fmt: skip
+    reranked = evaluate(
+        module.model,
+        module.tokenizer,
+        module.vae,
+        classifier,
+        candidates=CANDIDATES,
+        rerank=reranker.model.eval().score,
+        **settings,
+    )
     print("single samples:\n" + format_table(single))
     print(f"best 2 of {CANDIDATES} candidates:\n" + format_table(reranked))
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
@@ -88,4 +117,7 @@ def test_reduced_shapes_recipe_follows_prompts(tmp_path) -> None:
         # Colour and position carry over to colour-shape pairs never trained on (the shape itself is the hard part).
         assert held_out["colour"] >= 0.6 and held_out["position"] >= 0.6, (name, held_out)
     # The reranker finds the candidates that have everything right.
-    assert reranked["held_in"]["accuracy"]["all"] > single["held_in"]["accuracy"]["all"], (reranked["held_in"], single["held_in"])
+    assert reranked["held_in"]["accuracy"]["all"] > single["held_in"]["accuracy"]["all"], (
+        reranked["held_in"],
+        single["held_in"],
+    )

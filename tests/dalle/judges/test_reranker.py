@@ -11,13 +11,19 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from recipes import TINY_RERANKER_IMAGE, tiny_reranker_config
 
 from dalle.data.datamodules import ShapesDataModule
-from dalle.judges.reranker import ContrastiveReranker, RerankerConfig, RerankerModule, clip_loss, load_reranker, load_scorer
 from dalle.data.shapes import ShapesDataset
+from dalle.judges.reranker import (
+    ContrastiveReranker,
+    RerankerConfig,
+    RerankerModule,
+    clip_loss,
+    load_reranker,
+    load_scorer,
+)
 from dalle.transformer.tokenizer import BPETokenizer
-from recipes import TINY_RERANKER_IMAGE, tiny_reranker_config
-from vit import ViTConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 IMAGE = TINY_RERANKER_IMAGE
@@ -112,9 +118,15 @@ def test_fit_trains_tokenizer_and_checkpoint_carries_it(batch, tmp_path) -> None
     module = RerankerModule(tiny_config(), export_dir=str(tmp_path / "export"), tokenizer_captions=200)
     data = ShapesDataModule(image_size=16, num_train=64, num_val=16, num_test=16, batch_size=16)
     trainer = pl.Trainer(
-        max_steps=3, val_check_interval=3, limit_val_batches=1, default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
-    )  # fmt: skip
+        max_steps=3,
+        val_check_interval=3,
+        limit_val_batches=1,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+    )
     trainer.fit(module, data)
     assert module.model.tokenizer is not None and module.model.tokenizer.vocab_size <= 200
     assert {"text_to_image_top1", "image_to_text_top1", "chance"} <= set(module.last_metrics)
@@ -127,24 +139,43 @@ def test_fit_trains_tokenizer_and_checkpoint_carries_it(batch, tmp_path) -> None
 
 def test_validate_without_tokenizer_is_explained(tmp_path) -> None:
     module = RerankerModule(tiny_config())
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path)
+    )
     with pytest.raises(RuntimeError, match="--ckpt_path"):
         trainer.validate(module, ShapesDataModule(image_size=16, num_val=8, batch_size=8))
 
 
 def test_reranks_dalle_candidates(tokenizer) -> None:
     """The reranker plugs into DALL·E generation: the kept images are the best-scored candidates, best first."""
-    from dalle.vae.dvae import DiscreteVAE
     from dalle.pipeline import generate_images
     from dalle.transformer.model import DALLE, DALLEConfig
+    from dalle.vae.dvae import DiscreteVAE
 
     torch.manual_seed(0)
     vae = DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).eval()
-    dalle = DALLE(DALLEConfig(text_vocab_size=tokenizer.vocab_size, text_seq_len=24, image_vocab_size=32,
-                              image_grid_size=4, dim=32, depth=1, num_heads=2)).eval()  # fmt: skip
+    dalle = DALLE(
+        DALLEConfig(
+            text_vocab_size=tokenizer.vocab_size,
+            text_seq_len=24,
+            image_vocab_size=32,
+            image_grid_size=4,
+            dim=32,
+            depth=1,
+            num_heads=2,
+        )
+    ).eval()
     reranker = ContrastiveReranker(tiny_config(), tokenizer)
-    result = generate_images(dalle, tokenizer, vae, ["a red circle", "a blue square"], num_images=2, candidates=5,
-                             rerank=reranker.score, seed=0)  # fmt: skip
+    result = generate_images(
+        dalle,
+        tokenizer,
+        vae,
+        ["a red circle", "a blue square"],
+        num_images=2,
+        candidates=5,
+        rerank=reranker.score,
+        seed=0,
+    )
     assert result.images.shape == (2, 2, 3, 16, 16) and result.scores.shape == (2, 2)
     assert (result.scores[:, 0] >= result.scores[:, 1]).all()
     rescored = reranker.score(["a red circle"] * 2 + ["a blue square"] * 2, result.images.flatten(0, 1))
@@ -152,9 +183,16 @@ def test_reranks_dalle_candidates(tokenizer) -> None:
 
 
 def test_fit_reranker_help() -> None:
-    out = subprocess.run([sys.executable, "-m", "dalle", "fit-reranker", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "dalle", "fit-reranker", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
-    for option in ("--model.config.text_depth", "--model.config.image_arch.patch_size", "--model.export_dir", "--model.tokenizer"):
+    for option in (
+        "--model.config.text_depth",
+        "--model.config.image_arch.patch_size",
+        "--model.export_dir",
+        "--model.tokenizer",
+    ):
         assert option in out.stdout
 
 
@@ -162,13 +200,21 @@ def test_fit_reranker_help() -> None:
 def test_short_training_retrieves_the_true_image(tmp_path) -> None:
     """A reduced run already ranks each caption's own image first far above chance, on unseen (val) scenes."""
     pl.seed_everything(0)
-    image = dict(img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False, embed_dim=48, depth=1, num_heads=2)
+    image = dict(
+        img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False, embed_dim=48, depth=1, num_heads=2
+    )
     # A warmer start than CLIP's 0.07: this tiny model otherwise first collapses to equal logits for a few hundred steps.
     config = tiny_config(text_vocab_size=300, text_dim=48, image_arch=image, embed_dim=48, init_temperature=0.2)
     module = RerankerModule(config, tokenizer_captions=2000, lr=3e-3)
     data = ShapesDataModule(image_size=32, num_train=4096, num_val=64, num_test=128, batch_size=64)
-    trainer = pl.Trainer(max_steps=300, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=300,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, data)
     test = trainer.test(module, data, verbose=False)[0]
     chance = test["test/chance"]  # 64 candidates per caption: 1/64

@@ -57,10 +57,23 @@ def perturb_(module: torch.nn.Module, seed: int) -> None:
 def ref_models(ref):
     _, Encoder, Decoder = ref
     torch.manual_seed(0)
-    enc = Encoder(layer_count=LAYERS, embed_count=DIM, attention_head_count=HEADS, text_vocab_count=TEXT_VOCAB,
-                  text_token_count=64, glu_embed_count=GLU, device="cpu").eval()
-    dec = Decoder(image_vocab_count=IMAGE_VOCAB, embed_count=DIM, attention_head_count=HEADS, glu_embed_count=GLU,
-                  layer_count=LAYERS, device="cpu").eval()
+    enc = Encoder(
+        layer_count=LAYERS,
+        embed_count=DIM,
+        attention_head_count=HEADS,
+        text_vocab_count=TEXT_VOCAB,
+        text_token_count=64,
+        glu_embed_count=GLU,
+        device="cpu",
+    ).eval()
+    dec = Decoder(
+        image_vocab_count=IMAGE_VOCAB,
+        embed_count=DIM,
+        attention_head_count=HEADS,
+        glu_embed_count=GLU,
+        layer_count=LAYERS,
+        device="cpu",
+    ).eval()
     perturb_(enc, 1)
     perturb_(dec, 2)
     return enc, dec
@@ -68,8 +81,13 @@ def ref_models(ref):
 
 def drop_ln_scales(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What min-dalle's files look like: the norms dalle-mini builds without a scale have no `.weight`."""
-    unscaled = ("pre_self_attn_layer_norm.weight", "pre_encoder_attn_layer_norm.weight", "glu.ln0.weight",
-                "glu.ln1.weight", "final_ln.weight")
+    unscaled = (
+        "pre_self_attn_layer_norm.weight",
+        "pre_encoder_attn_layer_norm.weight",
+        "glu.ln0.weight",
+        "glu.ln1.weight",
+        "final_ln.weight",
+    )
     return {k: v for k, v in state.items() if not k.endswith(unscaled)}
 
 
@@ -80,8 +98,15 @@ def folder(tmp_path_factory, ref_models):
     # The scale-less norms must then be exactly ones in the reference too, as min-dalle's strict=False load leaves them.
     for module in (enc, dec):
         for name, p in module.named_parameters():
-            if name.endswith(("pre_self_attn_layer_norm.weight", "pre_encoder_attn_layer_norm.weight",
-                              "glu.ln0.weight", "glu.ln1.weight", "final_ln.weight")):
+            if name.endswith(
+                (
+                    "pre_self_attn_layer_norm.weight",
+                    "pre_encoder_attn_layer_norm.weight",
+                    "glu.ln0.weight",
+                    "glu.ln1.weight",
+                    "final_ln.weight",
+                )
+            ):
                 p.data.fill_(1.0)
     torch.save(drop_ln_scales(enc.state_dict()), path / "encoder.pt")
     torch.save(drop_ln_scales(dec.state_dict()), path / "decoder.pt")
@@ -103,8 +128,14 @@ def text_batch() -> torch.Tensor:
 
 def test_config_read_from_files(ours):
     c = ours.config
-    assert (c.dim, c.encoder_depth, c.decoder_depth, c.glu_dim, c.text_vocab_size, c.image_vocab_size) == \
-        (DIM, LAYERS, LAYERS, GLU, TEXT_VOCAB, IMAGE_VOCAB)
+    assert (c.dim, c.encoder_depth, c.decoder_depth, c.glu_dim, c.text_vocab_size, c.image_vocab_size) == (
+        DIM,
+        LAYERS,
+        LAYERS,
+        GLU,
+        TEXT_VOCAB,
+        IMAGE_VOCAB,
+    )
     assert sum(p.numel() for p in ours.parameters()) == c.num_params()
 
 
@@ -124,8 +155,13 @@ def test_teacher_forced_logits_match(ours, ref_models):
         encoded = enc(text)
         state = torch.zeros(LAYERS, 4, 256, DIM)
         # min-dalle's decoder repeats prev_tokens for its [uncond; cond] halves: feed one row per half.
-        ref_logits, _ = dec(attention_mask=text.ne(1)[:, None, None, :], encoder_state=encoded, attention_state=state,
-                            prev_tokens=image_in[1:], token_index=torch.arange(256))
+        ref_logits, _ = dec(
+            attention_mask=text.ne(1)[:, None, None, :],
+            encoder_state=encoded,
+            attention_state=state,
+            prev_tokens=image_in[1:],
+            token_index=torch.arange(256),
+        )
         logits = ours(text, torch.cat([image_in[1:], image_in[1:]]))
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
 
@@ -159,13 +195,21 @@ def test_sampled_tokens_match_reference_over_256_steps(ours, ref_models, ref):
     md.image_grid_from_tokens = lambda image_tokens, is_seamless, is_verbose=False: image_tokens.clone()
     grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
     try:
-        ref_tokens = next(md.generate_raw_image_stream("x", seed=7, grid_size=2, temperature=1.5, top_k=64,
-                                                      supercondition_factor=4))
+        ref_tokens = next(
+            md.generate_raw_image_stream("x", seed=7, grid_size=2, temperature=1.5, top_k=64, supercondition_factor=4)
+        )
     finally:
         torch.set_grad_enabled(grad)
         torch.set_num_threads(threads)
-    tokens = ours.generate(text[1:], text[:1], num_images=4, temperature=1.5, top_k=64, guidance_scale=4,
-                           generator=torch.Generator().manual_seed(7))
+    tokens = ours.generate(
+        text[1:],
+        text[:1],
+        num_images=4,
+        temperature=1.5,
+        top_k=64,
+        guidance_scale=4,
+        generator=torch.Generator().manual_seed(7),
+    )
     assert tokens.shape == (4, 256)  # 4 images of one prompt: one shared copy of its cross-attention keys / values
     assert torch.equal(tokens, ref_tokens)
 
@@ -173,8 +217,13 @@ def test_sampled_tokens_match_reference_over_256_steps(ours, ref_models, ref):
 def test_generate_shapes_priming_and_seed(ours):
     text = text_batch()
     prime = torch.randint(0, 2**14, (3, 240))  # 16 steps left to sample: the 256-step path is tested above
-    run = lambda seed: ours.generate(text[1:], text[:1], num_images=3, prime=prime,  # noqa: E731
-                                     generator=torch.Generator().manual_seed(seed))
+    run = lambda seed: ours.generate(
+        text[1:],
+        text[:1],
+        num_images=3,
+        prime=prime,  # noqa: E731
+        generator=torch.Generator().manual_seed(seed),
+    )
     a, b = run(1), run(1)
     assert a.shape == (3, 256) and torch.equal(a, b) and torch.equal(a[:, :240], prime)
     assert (a < 2**14).all() and not torch.equal(a, run(2))
@@ -201,11 +250,19 @@ def _pack_array(t: torch.Tensor) -> msgpack.ExtType:
 def write_flax(path, enc: dict[str, torch.Tensor], dec: dict[str, torch.Tensor], layers: int) -> None:
     """The flax tree dalle-mini saves (scan-stacked layers, (in, out) kernels, `scale` only on scaled norms), built
     from min-dalle-named state dicts: the inverse of the published conversion, written independently of ours."""
-    names = {"pre_self_attn_layer_norm": "LayerNorm_0", "self_attn_layer_norm": "LayerNorm_1",
-             "self_attn": "FlaxBartAttention_0", "pre_encoder_attn_layer_norm": "LayerNorm_2",
-             "encoder_attn_layer_norm": "LayerNorm_3", "encoder_attn": "FlaxBartAttention_1",
-             "glu.ln0": "GLU_0/LayerNorm_0", "glu.ln1": "GLU_0/LayerNorm_1", "glu.fc0": "GLU_0/Dense_0",
-             "glu.fc1": "GLU_0/Dense_1", "glu.fc2": "GLU_0/Dense_2"}
+    names = {
+        "pre_self_attn_layer_norm": "LayerNorm_0",
+        "self_attn_layer_norm": "LayerNorm_1",
+        "self_attn": "FlaxBartAttention_0",
+        "pre_encoder_attn_layer_norm": "LayerNorm_2",
+        "encoder_attn_layer_norm": "LayerNorm_3",
+        "encoder_attn": "FlaxBartAttention_1",
+        "glu.ln0": "GLU_0/LayerNorm_0",
+        "glu.ln1": "GLU_0/LayerNorm_1",
+        "glu.fc0": "GLU_0/Dense_0",
+        "glu.fc1": "GLU_0/Dense_1",
+        "glu.fc2": "GLU_0/Dense_2",
+    }
     leaf = {"weight": "kernel", "bias": "bias"}
     tree: dict = {"model": {}}
 
@@ -243,11 +300,28 @@ def write_flax(path, enc: dict[str, torch.Tensor], dec: dict[str, torch.Tensor],
 
 
 def write_flax_config(folder) -> None:
-    (folder / "config.json").write_text(json.dumps(dict(
-        encoder_vocab_size=TEXT_VOCAB, image_vocab_size=IMAGE_VOCAB, max_text_length=64, image_length=256,
-        d_model=DIM, encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_attention_heads=HEADS,
-        decoder_attention_heads=HEADS, encoder_ffn_dim=GLU, decoder_ffn_dim=GLU, decoder_start_token_id=2**14 - 1,
-        ln_positions="normformer", use_glu=True, use_bias=False, force_ln_scale=False)))
+    (folder / "config.json").write_text(
+        json.dumps(
+            dict(
+                encoder_vocab_size=TEXT_VOCAB,
+                image_vocab_size=IMAGE_VOCAB,
+                max_text_length=64,
+                image_length=256,
+                d_model=DIM,
+                encoder_layers=LAYERS,
+                decoder_layers=LAYERS,
+                encoder_attention_heads=HEADS,
+                decoder_attention_heads=HEADS,
+                encoder_ffn_dim=GLU,
+                decoder_ffn_dim=GLU,
+                decoder_start_token_id=2**14 - 1,
+                ln_positions="normformer",
+                use_glu=True,
+                use_bias=False,
+                force_ln_scale=False,
+            )
+        )
+    )
 
 
 def test_flax_msgpack_loads_the_same_weights(ours, folder, tmp_path):
@@ -301,8 +375,14 @@ def test_missing_files_are_a_clear_error(tmp_path):
 
 def test_mega_config_matches_the_published_sizes():
     c = DalleBartConfig.mega()
-    assert (c.dim, c.encoder_depth, c.num_heads, c.glu_dim, c.text_vocab_size, c.image_vocab_size) == \
-        (2048, 24, 32, 4096, 50272, 16415)
+    assert (c.dim, c.encoder_depth, c.num_heads, c.glu_dim, c.text_vocab_size, c.image_vocab_size) == (
+        2048,
+        24,
+        32,
+        4096,
+        50272,
+        16415,
+    )
     assert c.start_token == 16415 and DalleBartConfig.mini().start_token == 16384
     assert 2.5e9 < c.num_params() < 2.7e9  # DALL·E Mega's 2.6 billion parameters
     with torch.device("meta"):

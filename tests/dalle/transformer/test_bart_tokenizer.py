@@ -9,9 +9,31 @@ import pytest
 from dalle.transformer.bart_tokenizer import BartTokenizer
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
-MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "f"), ("o", "x"), ("Ġf", "ox"), ("Ġ", "a"), ("i", "n"),
-          ("Ġ", "s"), ("n", "o"), ("no", "w"), ("Ġs", "now"), ("Ġ", "r"), ("e", "d"), ("Ġr", "ed"), ("a", "t"),
-          ("c", "at"), ("Ġ", "cat"), ("Ġ", "h"), ("e", "a"), ("r", "t"), ("ea", "rt"), ("Ġh", "eart")]
+MERGES = [
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("Ġ", "f"),
+    ("o", "x"),
+    ("Ġf", "ox"),
+    ("Ġ", "a"),
+    ("i", "n"),
+    ("Ġ", "s"),
+    ("n", "o"),
+    ("no", "w"),
+    ("Ġs", "now"),
+    ("Ġ", "r"),
+    ("e", "d"),
+    ("Ġr", "ed"),
+    ("a", "t"),
+    ("c", "at"),
+    ("Ġ", "cat"),
+    ("Ġ", "h"),
+    ("e", "a"),
+    ("r", "t"),
+    ("ea", "rt"),
+    ("Ġh", "eart"),
+]
 PROMPTS = [
     "a painting of a fox in the snow",
     "The RED  fox   ",  # upper case, runs of spaces, trailing spaces

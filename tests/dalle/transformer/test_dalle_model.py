@@ -66,7 +66,9 @@ def test_causal_every_position_sees_only_the_past(attn_types) -> None:
     changed[0, j] = (changed[0, j] + 1) % VI
     out2 = model(text, changed)
     torch.testing.assert_close(out2.text_logits, out.text_logits)
-    torch.testing.assert_close(out2.image_logits[:, : j + 1], out.image_logits[:, : j + 1])  # predictions of tokens <= j
+    torch.testing.assert_close(
+        out2.image_logits[:, : j + 1], out.image_logits[:, : j + 1]
+    )  # predictions of tokens <= j
     text2 = text.clone()
     text2[0, 2] = 7
     out3 = model(text2, image)
@@ -84,7 +86,9 @@ def test_row_layer_sees_only_its_own_row() -> None:
         changed = image.clone()
         changed[0, j] = (changed[0, j] + 1) % VI
         moved = not torch.allclose(model(text, changed).image_logits[0, k], base[0, k])
-        assert moved == same_row, f"token {j} {'should' if same_row else 'should not'} reach the prediction of token {k}"
+        assert moved == same_row, (
+            f"token {j} {'should' if same_row else 'should not'} reach the prediction of token {k}"
+        )
 
 
 def test_layer_types_cycle_and_paper_pattern() -> None:

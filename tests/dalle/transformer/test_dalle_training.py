@@ -11,11 +11,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from core_attention.io import load_checkpoint
 from dalle.data.datamodules import ShapesDataModule
-from dalle.vae.dvae import DiscreteVAE
-from dalle.pipeline import generate_images
+from dalle.pipeline import generate_images, load_pipeline
 from dalle.transformer.module import DALLEModule, fit_main
-from dalle.pipeline import load_pipeline
 from dalle.transformer.tokenizer import BPETokenizer
+from dalle.vae.dvae import DiscreteVAE
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "dalle"
 
@@ -31,19 +30,34 @@ def vae_dir(tmp_path_factory) -> Path:
 
 def tiny_module(vae_dir: Path, **overrides) -> DALLEModule:
     kwargs = dict(
-        vae_path=str(vae_dir), tokenizer_vocab_size=200, text_seq_len=12, dim=32, depth=2, num_heads=4,
-        attn_types=["row", "full"], warmup_steps=2, lr=3e-3, sample_prompts=["a red circle", "a blue square"],
+        vae_path=str(vae_dir),
+        tokenizer_vocab_size=200,
+        text_seq_len=12,
+        dim=32,
+        depth=2,
+        num_heads=4,
+        attn_types=["row", "full"],
+        warmup_steps=2,
+        lr=3e-3,
+        sample_prompts=["a red circle", "a blue square"],
         sample_images_per_prompt=2,
-    )  # fmt: skip
+    )
     return DALLEModule(**{**kwargs, **overrides})
 
 
 def trainer(root: Path, **overrides) -> pl.Trainer:
     kwargs = dict(
-        accelerator="cpu", devices=1, max_steps=4, val_check_interval=2, limit_val_batches=1, log_every_n_steps=1,
-        default_root_dir=str(root), enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        max_steps=4,
+        val_check_interval=2,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        default_root_dir=str(root),
+        enable_progress_bar=False,
+        enable_model_summary=False,
         callbacks=[ModelCheckpoint(save_last=True)],
-    )  # fmt: skip
+    )
     return pl.Trainer(**{**kwargs, **overrides})
 
 
@@ -102,7 +116,9 @@ def test_fit_checkpoint_and_generation_from_checkpoint_alone(vae_dir, tmp_path) 
 def test_given_tokenizer_and_caption_dropout(vae_dir, tmp_path) -> None:
     tokenizer = BPETokenizer.train(["a red circle", "a blue square at the top"] * 10, 100)
     tokenizer.save(tmp_path / "tok.json")
-    module = tiny_module(vae_dir, tokenizer_path=str(tmp_path / "tok.json"), caption_dropout=0.5, sample_images_per_prompt=0)
+    module = tiny_module(
+        vae_dir, tokenizer_path=str(tmp_path / "tok.json"), caption_dropout=0.5, sample_images_per_prompt=0
+    )
     assert module.model is not None and module.model.config.text_vocab_size == tokenizer.vocab_size
     seen = []
     forward = module.model.forward
@@ -152,13 +168,18 @@ def test_resuming_with_another_dvae_is_refused_unless_asked(vae_dir, tmp_path) -
     ckpt_path = run.checkpoint_callback.last_model_path
 
     torch.manual_seed(1)  # the same token shape, other weights: a retrained dVAE at the same path, say
-    DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(tmp_path / "b")
-    DiscreteVAE(image_size=16, num_tokens=64, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(tmp_path / "c")
+    DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(
+        tmp_path / "b"
+    )
+    DiscreteVAE(image_size=16, num_tokens=64, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(
+        tmp_path / "c"
+    )
     with pytest.raises(ValueError, match="another dVAE than model.vae_path=.*--model.replace_vae true"):
         trainer(tmp_path / "b_run", max_steps=3).fit(tiny_module(tmp_path / "b"), shapes(), ckpt_path=ckpt_path)
     with pytest.raises(ValueError, match="32 codes x 4x4 tokens, but model.vae_path=.* makes 64 codes x 4x4"):
-        trainer(tmp_path / "c_run", max_steps=3).fit(tiny_module(tmp_path / "c", replace_vae=True), shapes(),
-                                                     ckpt_path=ckpt_path)
+        trainer(tmp_path / "c_run", max_steps=3).fit(
+            tiny_module(tmp_path / "c", replace_vae=True), shapes(), ckpt_path=ckpt_path
+        )
     replaced = tiny_module(tmp_path / "b", replace_vae=True, sample_images_per_prompt=0)
     with pytest.warns(UserWarning, match="instead of the checkpoint's"):
         trainer(tmp_path / "b_ok", max_steps=3, limit_val_batches=0).fit(replaced, shapes(), ckpt_path=ckpt_path)

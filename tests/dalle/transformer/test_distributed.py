@@ -11,29 +11,43 @@ def _dalle_setup(tmp_path):
     import torch
 
     from dalle.data.datamodules import ShapesDataModule
-    from dalle.vae.dvae import DiscreteVAE
     from dalle.transformer.module import DALLEModule
+    from dalle.vae.dvae import DiscreteVAE
 
     torch.manual_seed(0)
-    DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(tmp_path / "vae")
+    DiscreteVAE(image_size=16, num_tokens=32, downsample=4, hidden_dim=8, codebook_dim=8).save_pretrained(
+        tmp_path / "vae"
+    )
 
     def make_data():
         return ShapesDataModule(image_size=16, num_train=64, num_val=8, num_test=8, num_heldout=8, batch_size=8)
 
     def make_module():
         # caption_dropout=0: the two set-ups draw random numbers in different processes
-        return DALLEModule(vae_path=str(tmp_path / "vae"), tokenizer_path=None, tokenizer_vocab_size=200,
-                           text_seq_len=12, dim=32, depth=2, num_heads=4, attn_types=["row", "full"], warmup_steps=1,
-                           lr=3e-3, caption_dropout=0.0, sample_images_per_prompt=0)  # fmt: skip
+        return DALLEModule(
+            vae_path=str(tmp_path / "vae"),
+            tokenizer_path=None,
+            tokenizer_vocab_size=200,
+            text_seq_len=12,
+            dim=32,
+            depth=2,
+            num_heads=4,
+            attn_types=["row", "full"],
+            warmup_steps=1,
+            lr=3e-3,
+            caption_dropout=0.0,
+            sample_images_per_prompt=0,
+        )
 
     return make_module, make_data
 
 
 @pytest.mark.slow
 def test_dalle_ddp_trains_the_tokenizer_on_rank_zero_at_setup(tmp_path):
+    from distributed import train_weights
+
     from dalle.pipeline import load_pipeline
     from dalle.transformer.tokenizer import BPETokenizer
-    from distributed import train_weights
 
     make_module, make_data = _dalle_setup(tmp_path)
     # rank 0 trains and saves the tokenizer, every rank builds the model from it; RecordRanks checks the ranks agree

@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.vae.dvae import DiscreteVAE, DVAEConfig, config_from_state_dict, gumbel_softmax, kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
+from dalle.vae.dvae import (
+    DiscreteVAE,
+    DVAEConfig,
+    config_from_state_dict,
+    gumbel_softmax,
+    kl_to_uniform,
+    logit_laplace_nll,
+    map_pixels,
+    unmap_pixels,
+)
 from dalle.vae.module import CodebookUsage, DVAEModule, cosine_schedule
 
 SMALL = dict(image_size=16, num_tokens=64, hidden_dim=16, num_resblocks=1, codebook_dim=16)
@@ -25,8 +34,12 @@ def small_vae(**overrides) -> DiscreteVAE:
 @pytest.mark.parametrize("downsample", [4, 8])
 @pytest.mark.parametrize("architecture", ["dalle", "openai"])
 def test_encode_decode_shapes_and_ranges(architecture: str, downsample: int) -> None:
-    vae = small_vae(architecture=architecture, downsample=downsample, image_size=32,
-                    hidden_dim=16 if architecture == "dalle" else 64)
+    vae = small_vae(
+        architecture=architecture,
+        downsample=downsample,
+        image_size=32,
+        hidden_dim=16 if architecture == "dalle" else 64,
+    )
     x = torch.rand(3, 3, 32, 32)
     g = 32 // downsample
     assert vae.grid_size == g and vae.num_tokens == 64 and vae.image_size == 32

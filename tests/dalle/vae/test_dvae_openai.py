@@ -87,7 +87,12 @@ def test_converter_round_trip(tmp_path, capsys) -> None:
     torch.save(enc, tmp_path / "encoder.pkl")  # pickled modules, like OpenAI's release
     torch.save(dec, tmp_path / "decoder.pkl")
     out = tmp_path / "dall_e_dvae.safetensors"
-    assert convert_main([str(tmp_path / "encoder.pkl"), str(tmp_path / "decoder.pkl"), str(out), "--image-size", str(SIZE)]) == 0
+    assert (
+        convert_main(
+            [str(tmp_path / "encoder.pkl"), str(tmp_path / "decoder.pkl"), str(out), "--image-size", str(SIZE)]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "unpickling" in captured.err.lower() and "only" in captured.err.lower()
 

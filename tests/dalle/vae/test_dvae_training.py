@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from recipes import REDUCED_DVAE, REDUCED_DVAE_STEPS
 from torch.utils.data import DataLoader, TensorDataset
 
 from dalle.vae.dvae import DiscreteVAE
 from dalle.vae.module import CodebookCollapseWarning, DVAEModule
-from recipes import REDUCED_DVAE, REDUCED_DVAE_STEPS
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = dict(image_size=16, num_tokens=32, hidden_dim=8, num_resblocks=1, codebook_dim=8)
@@ -41,9 +41,17 @@ class DictImages(pl.LightningDataModule):
 
 
 def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False,
-                    logger=pl.loggers.CSVLogger(tmp_path, name="logs"), num_sanity_val_steps=0)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=pl.loggers.CSVLogger(tmp_path, name="logs"),
+        num_sanity_val_steps=0,
+    )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
 
@@ -97,7 +105,9 @@ def test_training_step_accepts_tuple_and_tensor_batches() -> None:
 
 
 def _run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dalle", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dalle", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_help_lists_fit_vae() -> None:
@@ -118,12 +128,29 @@ def test_configs_parse(config: str) -> None:
 def test_cli_fit_runs_shapes_config(tmp_path) -> None:
     """The shipped shapes config, shrunk to two steps: builds, trains, validates, checkpoints, exports."""
     result = _run_cli(
-        "fit-vae", "--config", "configs/dalle/shapes_vae.yaml",
-        "--trainer.max_steps", "2", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
-        "--trainer.val_check_interval", "2", "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-        "--data.init_args.num_train", "128", "--data.init_args.num_val", "64",
-        "--model.export_dir", str(tmp_path / "export"),
+        "fit-vae",
+        "--config",
+        "configs/dalle/shapes_vae.yaml",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.num_train",
+        "128",
+        "--data.init_args.num_val",
+        "64",
+        "--model.export_dir",
+        str(tmp_path / "export"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val PSNR" in result.stdout
@@ -161,9 +188,16 @@ def test_short_training_reaches_quality_bar(tmp_path) -> None:
             return DataLoader(TensorDataset(val), batch_size=128)
 
     module = DVAEModule(**REDUCED_DVAE)
-    trainer = _trainer(tmp_path, max_steps=REDUCED_DVAE_STEPS, max_epochs=-1, val_check_interval=None,
-                       check_val_every_n_epoch=None, limit_val_batches=0, precision="32-true",
-                       gradient_clip_val=1.0)
+    trainer = _trainer(
+        tmp_path,
+        max_steps=REDUCED_DVAE_STEPS,
+        max_epochs=-1,
+        val_check_interval=None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=0,
+        precision="32-true",
+        gradient_clip_val=1.0,
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=Images())
     elapsed = time.perf_counter() - start
@@ -172,7 +206,8 @@ def test_short_training_reaches_quality_bar(tmp_path) -> None:
     recon = vae.decode(ids)
     psnr = 10 * math.log10(1.0 / float(((recon - val) ** 2).mean()))
     used = ids.unique().numel() / vae.num_tokens
-    print(f"reduced dVAE recipe: {REDUCED_DVAE_STEPS} steps in {elapsed:.0f}s, PSNR {psnr:.2f} dB, codes used {used:.1%}")
+    print(
+        f"reduced dVAE recipe: {REDUCED_DVAE_STEPS} steps in {elapsed:.0f}s, PSNR {psnr:.2f} dB, codes used {used:.1%}"
+    )
     assert psnr >= 18.5, psnr
     assert used >= 0.05, used
-

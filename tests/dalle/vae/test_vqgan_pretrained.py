@@ -11,8 +11,17 @@ from dalle.vae.vqgan import VQGAN, Resample, VQGANConfig
 from dalle.vae.vqgan_weights import load_vqgan
 from dalle.weight_files import WeightsError
 
-TINY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=32, z_channels=8,
-            embed_dim=8, n_embed=64, num_groups=8)
+TINY = dict(
+    ch=32,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(16,),
+    resolution=32,
+    z_channels=8,
+    embed_dim=8,
+    n_embed=64,
+    num_groups=8,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
