@@ -108,7 +108,8 @@ def main() -> None:
     fp32 = {op: theirs for op, mode, _, theirs in rows if mode == "fp32"}
     print(
         f"\ndVAE throughput, {args.size}px, batch {args.batch}, best of {args.iters} after {args.warmup} warm-up; "
-        f"device {device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}\n"
+        f"device {device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}\n"
     )
     print("| op | precision / layout | ours img/s | dall_e img/s | ratio | ratio vs dall_e fp32 |")
     print("|---|---|---:|---:|---:|---:|")

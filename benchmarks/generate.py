@@ -121,10 +121,12 @@ def main() -> None:
     n_tokens = args.batch * REFERENCE.image_seq_len
     n_params = sum(p.numel() for p in base.decoder.parameters()) + base.image_head.weight.numel()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
     print(
-        f"reference DALLE: {n_params / 1e6:.1f}M parameters read per step, batch {args.batch}, {REFERENCE.image_seq_len} image tokens"
+        f"reference DALLE: {n_params / 1e6:.1f}M parameters read per step, batch {args.batch}, "
+        f"{REFERENCE.image_seq_len} image tokens"
     )
     print(load())
 
@@ -173,7 +175,8 @@ def main() -> None:
         print(
             f"| {name} | {'on (2x rows)' if guided else 'off'} | {c:.0f} | "
             f"{f'{plain:.0f} (ours x{c / plain:.2f})' if plain else '-'} | {f'{u:.1f}' if u else '-'} | "
-            f"{f'{c / u:.1f}x' if u else '-'} | {r['products']:.0f} | {r['read floor']:.0f} | {c / r['read floor']:.0%} | "
+            f"{f'{c / u:.1f}x' if u else '-'} | {r['products']:.0f} | {r['read floor']:.0f} | "
+            f"{c / r['read floor']:.0%} | "
             f"{c / DALLE_PYTORCH_TOKENS_PER_S:.1f}x |"
         )
     print(load())

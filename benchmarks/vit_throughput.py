@@ -92,7 +92,8 @@ def main() -> None:
         else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     )
     print(
-        f"# torch {torch.__version__}, timm {timm.__version__}, {dev} ({name}), batch {args.batch_size}, {args.img_size}px, "
+        f"# torch {torch.__version__}, timm {timm.__version__}, {dev} ({name}), "
+        f"batch {args.batch_size}, {args.img_size}px, "
         f"{args.repeats} repeats x {args.iters} iters, load avg {os.getloadavg()[0]:.1f}"
     )
     print("| model | mode | dtype | timm img/s | ours img/s | ours/timm (median) | ours/timm (best) |")
@@ -131,9 +132,8 @@ def main() -> None:
                     bf16_ours_infer[model_name] = ips_ours
     for m in args.models:
         if m in fp32_timm_infer and m in bf16_ours_infer:
-            print(
-                f"{MODELS.get(m, m)}: ours bf16 inference / timm fp32 inference = {bf16_ours_infer[m] / fp32_timm_infer[m]:.2f}x (best repeats)"
-            )
+            speedup = bf16_ours_infer[m] / fp32_timm_infer[m]
+            print(f"{MODELS.get(m, m)}: ours bf16 inference / timm fp32 inference = {speedup:.2f}x (best repeats)")
 
 
 if __name__ == "__main__":

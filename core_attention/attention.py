@@ -76,7 +76,8 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if dim % num_heads != 0:
             raise ValueError(
-                f"dim ({dim}) must be divisible by num_heads ({num_heads}); e.g. dim={num_heads * max(1, dim // num_heads)}"
+                f"dim ({dim}) must be divisible by num_heads ({num_heads}); "
+                f"e.g. dim={num_heads * max(1, dim // num_heads)}"
             )
         if num_heads % num_kv_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")

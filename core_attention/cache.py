@@ -43,7 +43,8 @@ class KVCache:
         """Append `k, v` of shape (B, Hkv, n, D); return all cached keys and values (B, Hkv, length, D)."""
         if k.shape != v.shape or k.dim() != 4:
             raise ValueError(
-                f"KVCache.update expects k and v of equal shape (B, Hkv, n, D), got {tuple(k.shape)} and {tuple(v.shape)}"
+                f"KVCache.update expects k and v of equal shape (B, Hkv, n, D), "
+                f"got {tuple(k.shape)} and {tuple(v.shape)}"
             )
         b, h, n, d = k.shape
         if (b, h, d) != (self.k.shape[0], self.k.shape[1], self.k.shape[3]):

@@ -93,7 +93,8 @@ def load_state_dict_checked(
             )
         if unexpected:
             lines.append(
-                f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+                f"  unexpected keys ({len(unexpected)}): "
+                f"{', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
             )
         lines.append(
             "Build the model with the config the weights were saved with (see the config stored next to them)."

@@ -45,7 +45,8 @@ class Linear(nn.Linear):
 
 
 class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with; its weights need this exact curve."""
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with; its weights need this exact
+    curve."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(1.702 * x)

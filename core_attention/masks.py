@@ -18,7 +18,8 @@ def key_padding_mask(is_pad: Tensor) -> Tensor:
     """(B, Lk) bool, True at padding -> (B, 1, 1, Lk) mask that hides the padded keys."""
     if is_pad.dim() != 2 or is_pad.dtype != torch.bool:
         raise ValueError(
-            f"key_padding_mask expects a bool tensor (B, Lk) with True at padding, got {tuple(is_pad.shape)} {is_pad.dtype}"
+            f"key_padding_mask expects a bool tensor (B, Lk) with True at padding, "
+            f"got {tuple(is_pad.shape)} {is_pad.dtype}"
         )
     return ~is_pad[:, None, None, :]
 

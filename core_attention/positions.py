@@ -30,7 +30,8 @@ def grid_coords(h: int, w: int, device: torch.device | str | None = None) -> tup
 
 
 def sincos_2d(grid_size: int | tuple[int, int], dim: int, *, base: float = 10000.0) -> Tensor:
-    """2-D sin-cos table for a patch grid, (h * w, dim) in row-major order: half the channels encode the row, half the column."""
+    """2-D sin-cos table for a patch grid, (h * w, dim) in row-major order: half the channels encode the row, half
+    the column."""
     h, w = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
     if dim % 4:
         raise ValueError(f"2-D sin-cos encodings need dim divisible by 4, got {dim}")

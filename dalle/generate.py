@@ -45,7 +45,8 @@ def __getattr__(name: str):
 def generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dalle generate",
-        description="Generate images from text with a trained DALL·E checkpoint (its tokenizer and dVAE travel with it). "
+        description="Generate images from text with a trained DALL·E checkpoint "
+        "(its tokenizer and dVAE travel with it). "
         "Writes a PNG grid (one row per prompt) and each image as its own PNG.",
     )
     p.add_argument(
@@ -56,13 +57,15 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="a .ckpt written by `python -m dalle fit`, or an exported folder (model.safetensors, tokenizer.json, vae/)",
+        help="a .ckpt written by `python -m dalle fit`, "
+        "or an exported folder (model.safetensors, tokenizer.json, vae/)",
     )
     p.add_argument(
         "--pretrained",
         default=None,
         metavar="mini|mega|DIR",
-        help="instead of --checkpoint: DALL·E Mini / Mega (downloaded from Hugging Face) or a folder of their weights (see README)",
+        help="instead of --checkpoint: DALL·E Mini / Mega (downloaded from Hugging Face) "
+        "or a folder of their weights (see README)",
     )
     p.add_argument("-n", "--num-images", type=int, default=8, help="images per prompt (default 8)")
     p.add_argument(

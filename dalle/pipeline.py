@@ -73,14 +73,16 @@ def check_prompts(prompts: str | Sequence[str], *, allow_empty: bool) -> list[st
         raise ValueError('no prompts given: pass at least one text (an empty string "" asks for unconditional images)')
     if not allow_empty and any(not p.strip() for p in prompts):
         raise ValueError(
-            "an empty prompt gives unconditional images: allow it explicitly with unconditional=True (--unconditional), "
+            "an empty prompt gives unconditional images: "
+            "allow it explicitly with unconditional=True (--unconditional), "
             "or use it with classifier-free guidance (guidance_scale != 1), which needs the unconditional pass anyway"
         )
     return prompts
 
 
 def prime_ids(vae: DiscreteVAE, image: Tensor, rows: int, count: int) -> Tensor:
-    """The first `rows` grid rows of the dVAE codes of `image` ((3, H, W) or (count, 3, H, W) in [0, 1]) -> (count, rows * w)."""
+    """The first `rows` grid rows of the dVAE codes of `image` ((3, H, W) or (count, 3, H, W) in [0, 1])
+    -> (count, rows * w)."""
     g = vae.grid_size
     if not 1 <= rows < g:
         raise ValueError(f"prime_rows must be in [1, {g - 1}] (the image grid has {g} rows of tokens), got {rows}")
@@ -88,11 +90,13 @@ def prime_ids(vae: DiscreteVAE, image: Tensor, rows: int, count: int) -> Tensor:
         image = image[None]
     if image.dim() != 4 or image.shape[1] != vae.channels:
         raise ValueError(
-            f"prime image must be ({vae.channels}, H, W) or (B, {vae.channels}, H, W) in [0, 1], got {tuple(image.shape)}"
+            f"prime image must be ({vae.channels}, H, W) or (B, {vae.channels}, H, W) in [0, 1], "
+            f"got {tuple(image.shape)}"
         )
     if image.shape[-2:] != (vae.image_size, vae.image_size):
         raise ValueError(
-            f"prime image is {image.shape[-2]}x{image.shape[-1]} but this model makes {vae.image_size}x{vae.image_size} "
+            f"prime image is {image.shape[-2]}x{image.shape[-1]} "
+            f"but this model makes {vae.image_size}x{vae.image_size} "
             "images: resize it first (the CLI's --prime-resize does)"
         )
     if image.shape[0] not in (1, count):
@@ -157,7 +161,8 @@ def generate_images(
     if free is not None and output_bytes > 0.5 * free:
         raise MemoryError(
             f"{len(prompts)} prompt(s) x {candidates} images of {vae.image_size}x{vae.image_size} px need "
-            f"{output_bytes / 2**30:.1f} GiB of output memory, but only {free / 2**30:.1f} GiB is free: ask for fewer images (-n)"
+            f"{output_bytes / 2**30:.1f} GiB of output memory, but only {free / 2**30:.1f} GiB is free: "
+            "ask for fewer images (-n)"
         )
     prime = prime_ids(vae, prime_image, prime_rows, total) if prime_image is not None else None
     if prime is None and prime_rows:
@@ -262,7 +267,8 @@ def load_reranker(spec: str, checkpoint: str | None = None) -> Reranker:
 
 
 def load_prime_image(path: str, size: int, resize: bool) -> Tensor:
-    """An image file as a (3, size, size) float tensor in [0, 1] for priming (`resize` instead of refusing another size)."""
+    """An image file as a (3, size, size) float tensor in [0, 1] for priming (`resize` instead of refusing another
+    size)."""
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -270,7 +276,8 @@ def load_prime_image(path: str, size: int, resize: bool) -> Tensor:
     if image.size != (size, size):
         if not resize:
             raise ValueError(
-                f"--prime-image {path} is {image.size[0]}x{image.size[1]} but the model makes {size}x{size} images; pass --prime-resize"
+                f"--prime-image {path} is {image.size[0]}x{image.size[1]} "
+                f"but the model makes {size}x{size} images; pass --prime-resize"
             )
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return pil_to_tensor(image).float() / 255

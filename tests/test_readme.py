@@ -277,8 +277,9 @@ def readme_cwd(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def offline_timm(monkeypatch):
-    """timm.create_model without downloads: the named model with 2 blocks (fast on a CPU) and random weights instead
-    of the pretrained ones, seeded, so that the same name gives the same weights every time, as pretrained ones would."""
+    """timm.create_model without downloads: the named model with 2 blocks (fast on a CPU) and random weights
+    instead of the pretrained ones, seeded, so that the same name gives the same weights every time, as pretrained
+    ones would."""
     import timm
 
     create = timm.create_model

@@ -1,4 +1,5 @@
-"""`python -m vit fit|validate|test|predict --config configs/vit/<name>.yaml` and `python -m vit attention IMAGE ...`."""
+"""`python -m vit fit|validate|test|predict --config configs/vit/<name>.yaml` and
+`python -m vit attention IMAGE ...`."""
 
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ def load_image(path: str | Path, in_chans: int, *, convert: bool = False) -> Ima
     path = Path(path)
     if in_chans not in _MODES:
         raise ValueError(
-            f"only 1-channel (grayscale) and 3-channel (RGB) images can be read from files, the model has in_chans={in_chans}"
+            "only 1-channel (grayscale) and 3-channel (RGB) images can be read from files, "
+            f"the model has in_chans={in_chans}"
         )
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
@@ -158,7 +159,8 @@ class ImageDataModule(pl.LightningDataModule):
         shuffle: Shuffle the training images every epoch (False: a fixed order, e.g. to compare runs exactly).
         mean: Per-channel mean subtracted after scaling pixels to [0, 1].
         std: Per-channel standard deviation divided by after subtracting the mean.
-        predict_paths: Image files for `predict` (also given as positional paths: `python -m vit predict a.png b.png ...`).
+        predict_paths: Image files for `predict` (also given as positional paths:
+            `python -m vit predict a.png b.png ...`).
         convert_images: Convert predict files of another mode (grayscale, RGBA, ...) instead of raising an error.
     """
 
@@ -241,7 +243,8 @@ class ImageDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if not self.predict_paths:
             raise ValueError(
-                "predict needs image files: `python -m vit predict IMG [IMG ...] --config ...` or --data.predict_paths '[a.png, b.png]'"
+                "predict needs image files: `python -m vit predict IMG [IMG ...] --config ...` "
+                "or --data.predict_paths '[a.png, b.png]'"
             )
         files = ImageFiles(self.predict_paths, self.in_chans, self.eval_transform(), convert=self.convert_images)
         return DataLoader(files, batch_size=self.batch_size, num_workers=0)
@@ -306,7 +309,8 @@ class DigitsDataModule(ImageDataModule):
         )
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(
-                f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in (0, 1) and sum to less than 1"
+                f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) "
+                "must be in (0, 1) and sum to less than 1"
             )
         self.save_hyperparameters()
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
@@ -476,7 +480,8 @@ class ImageFolderDataModule(ImageDataModule):
         classes = self._folder_classes(root)
         if classes != self.classes:
             raise ValueError(
-                f"{root} has classes {classes[:5]}... but the training folder has {self.classes[:5]}...; every split needs the same class sub-folders"
+                f"{root} has classes {classes[:5]}... but the training folder has {self.classes[:5]}...; "
+                "every split needs the same class sub-folders"
             )
         return SkipUnreadable(ImageFolder(root, transform=transform))
 
@@ -580,7 +585,8 @@ class CIFARDataModule(ImageDataModule):
         except RuntimeError as err:
             folder = "cifar-10-batches-py" if self.dataset == "cifar10" else "cifar-100-python"
             raise FileNotFoundError(
-                f"{self.dataset} not found under {self.root!r} (expected {self.root}/{folder}): pass --data.download true "
+                f"{self.dataset} not found under {self.root!r} (expected {self.root}/{folder}): "
+                "pass --data.download true "
                 f"(needs network access) or point --data.root at the folder that holds it ({err})"
             ) from None
 

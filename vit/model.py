@@ -361,8 +361,8 @@ class VisionTransformer(nn.Module):
                     old_grid = (side, side)
                 else:
                     raise ValueError(
-                        f"the checkpoint's pos_embed has {n_grid} patch positions, not a square grid: pass old_grid=(h, w), "
-                        f"the patch grid of the image size it was trained at"
+                        f"the checkpoint's pos_embed has {n_grid} patch positions, not a square grid: "
+                        "pass old_grid=(h, w), the patch grid of the image size it was trained at"
                     )
             if tuple(old_grid) != new_grid:
                 sd["pos_embed"] = resample_pos_embed(pos, new_grid, tuple(old_grid), num_prefix_tokens=prefix)

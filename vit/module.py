@@ -63,7 +63,7 @@ class ViTClassifier(pl.LightningModule):
 
     def __init__(
         self,
-        arch: ViTConfig = ViTConfig(),
+        arch: ViTConfig = ViTConfig(),  # noqa: B008 (LightningCLI reads the default from the signature)
         pretrained: str | None = None,
         lr: float = 1e-3,
         min_lr: float = 1e-5,
@@ -320,7 +320,8 @@ class ViTClassifier(pl.LightningModule):
 
 
 def load_classifier(path: str | Path, *, ema: bool = True) -> VisionTransformer:
-    """A `VisionTransformer` from a Lightning checkpoint written by `python -m vit fit`, or a `save_pretrained` dir/file.
+    """A `VisionTransformer` from a Lightning checkpoint written by `python -m vit fit`, or a `save_pretrained`
+    dir/file.
 
     Lightning checkpoints are read with `weights_only=True`; EMA weights are used when the run kept them and `ema`.
     """

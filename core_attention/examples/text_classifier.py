@@ -41,7 +41,8 @@ class TextClassifier(nn.Module):
 
 
 def majority_batch(batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Toy task: sequences of tokens 1 ("a") and 2 ("b") of random length, padded with 0; label = which is more frequent."""
+    """Toy task: sequences of tokens 1 ("a") and 2 ("b") of random length, padded with 0; label = which is more
+    frequent."""
     lengths = torch.randint(5, 32, (batch_size,), generator=generator) | 1  # odd: no ties
     tokens = torch.randint(1, 3, (batch_size, 32), generator=generator)
     tokens[torch.arange(32)[None] >= lengths[:, None]] = 0

@@ -129,8 +129,8 @@ class VitDalleCLI(LightningCLI):
         if existing and not resuming_here:
             raise FileExistsError(
                 f"{dirpath} already holds checkpoints of another run ({', '.join(existing[:3])}"
-                f"{', ...' if len(existing) > 3 else ''}). Resume that run with --ckpt_path last, or train into another "
-                "folder (--trainer.default_root_dir or --checkpoint.dirpath), or delete the folder first."
+                f"{', ...' if len(existing) > 3 else ''}). Resume that run with --ckpt_path last, or train into "
+                "another folder (--trainer.default_root_dir or --checkpoint.dirpath), or delete the folder first."
             )
 
 

@@ -101,7 +101,8 @@ class AttributeClassifier(nn.Module):
         arch = ViTConfig.from_dict(arch) if isinstance(arch, dict) else arch
         if arch.num_classes != 0:
             raise ValueError(
-                f"the attribute classifier's backbone needs num_classes=0 (one head per attribute), got {arch.num_classes}"
+                "the attribute classifier's backbone needs num_classes=0 (one head per attribute), "
+                f"got {arch.num_classes}"
             )
         if arch.in_chans != 3:
             raise ValueError(f"shapes images are RGB: the backbone needs in_chans=3, got {arch.in_chans}")
@@ -174,7 +175,8 @@ class AttributeClassifier(nn.Module):
         file = path / WEIGHTS_NAME if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(
-                f"no attribute classifier at {path} (expected {WEIGHTS_NAME} written by AttributeClassifier.save_pretrained; "
+                f"no attribute classifier at {path} "
+                f"(expected {WEIGHTS_NAME} written by AttributeClassifier.save_pretrained; "
                 "train one with `python -m dalle fit-classifier --config configs/dalle/attributes.yaml`)"
             )
         state_dict, config = load_safetensors(file, device=str(map_location))
@@ -215,8 +217,8 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
 class AllPairsShapes(Dataset):
     """One-shape scenes with kind, colour, size and position each drawn uniformly (all 40 colour-shape pairs).
 
-    Item ``i`` is a pure function of ``(seed, split, i)``, like :class:`dalle.data.shapes.ShapesDataset`, and has the same
-    keys: ``{"image": (3, H, W) in [0, 1], "caption": canonical caption, "labels": (4,) long}``. ``cache=True``
+    Item ``i`` is a pure function of ``(seed, split, i)``, like :class:`dalle.data.shapes.ShapesDataset`, and has the
+    same keys: ``{"image": (3, H, W) in [0, 1], "caption": canonical caption, "labels": (4,) long}``. ``cache=True``
     keeps every rendered image (uint8) after its first use: later epochs cost nothing (single-process loading).
     """
 

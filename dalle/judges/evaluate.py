@@ -231,7 +231,8 @@ def get_classifier(
 def evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dalle evaluate",
-        description="Prompt adherence of a DALL·E checkpoint on the shapes data: generate images for held-in and held-out "
+        description="Prompt adherence of a DALL·E checkpoint on the shapes data: "
+        "generate images for held-in and held-out "
         "colour-shape combinations, read their shape/colour/size/position back with an attribute classifier, and print "
         "per-attribute and all-attributes accuracy. Prompts: the canonical captions of one-shape scenes, --num-prompts "
         "per set spread evenly over its colour-shape pairs (see the module docstring of dalle.judges.evaluate).",
@@ -240,7 +241,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         required=True,
-        help="the DALL·E to evaluate: a .ckpt written by `python -m dalle fit` or an exported folder (as for `generate`)",
+        help="the DALL·E to evaluate: a .ckpt written by `python -m dalle fit` "
+        "or an exported folder (as for `generate`)",
     )
     p.add_argument(
         "--classifier",
@@ -290,7 +292,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     limit = min(len(split_scenes(s)) for s in SPLITS)
     if args.num_prompts > limit:
         p.error(
-            f"--num-prompts must be <= {limit} (the held-out set has {limit} distinct one-shape scenes), got {args.num_prompts}"
+            f"--num-prompts must be <= {limit} (the held-out set has {limit} distinct one-shape scenes), "
+            f"got {args.num_prompts}"
         )
     if args.candidates is not None and args.reranker is None:
         p.error("--candidates needs --reranker (the model that picks the best candidates)")

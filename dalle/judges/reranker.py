@@ -1,4 +1,4 @@
-"""A small CLIP-style contrastive text-image model that reranks DALL·E's candidates (the paper reranks with CLIP).
+r"""A small CLIP-style contrastive text-image model that reranks DALL·E's candidates (the paper reranks with CLIP).
 
     text ids (B, T)  -> embedding + learned positions -> core Encoder (padding masked) -> mean over tokens -> proj
     images (B, 3, H, W) in [0, 1] -> vit.VisionTransformer (num_classes=0, pooled)          -> proj
@@ -7,8 +7,11 @@
 The temperature is learned (``logit_scale``, initialised to 1 / 0.07 and clamped at 100, as in CLIP). The text side
 has its own BPE tokenizer, trained on the training captions when fitting starts and shipped with the weights.
 
-Train: ``python -m dalle fit-reranker --config configs/dalle/reranker.yaml``. Use while generating:
-``python -m dalle generate PROMPT --candidates 32 -n 4 --rerank dalle.judges.reranker:load_scorer --rerank-checkpoint DIR``
+Train: ``python -m dalle fit-reranker --config configs/dalle/reranker.yaml``. Use while generating::
+
+    python -m dalle generate PROMPT --candidates 32 -n 4 \
+        --rerank dalle.judges.reranker:load_scorer --rerank-checkpoint DIR
+
 (``DIR``: the ``export_dir`` the training wrote, or its Lightning ``.ckpt``).
 """
 
@@ -93,7 +96,8 @@ class RerankerConfig:
             self.image_arch = ViTConfig.from_dict(self.image_arch)
         if self.image_arch.num_classes != 0:
             raise ValueError(
-                f"image_arch must have num_classes=0 (the reranker projects the features itself), got {self.image_arch.num_classes}"
+                "image_arch must have num_classes=0 (the reranker projects the features itself), "
+                f"got {self.image_arch.num_classes}"
             )
         for name in ("text_vocab_size", "text_seq_len", "text_dim", "text_depth", "text_heads", "embed_dim"):
             if getattr(self, name) < 1:
@@ -187,7 +191,8 @@ class ContrastiveReranker(nn.Module):
         return F.normalize(self.text_proj(pooled), dim=-1)
 
     def encode_image(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in [0, 1] at the image encoder's img_size (see :meth:`prepare_images`) -> (B, E) unit vectors."""
+        """(B, 3, H, W) in [0, 1] at the image encoder's img_size (see :meth:`prepare_images`) -> (B, E) unit
+        vectors."""
         x = (self.prepare_images(images) - 0.5) / 0.5
         features = self.image_encoder.forward_head(
             self.image_encoder.forward_features(x), pre_logits=True
@@ -219,7 +224,8 @@ class ContrastiveReranker(nn.Module):
 
     @torch.no_grad()
     def score(self, prompts: Sequence[str], images: Tensor, batch_size: int = 256) -> Tensor:
-        """Cosine similarity of each prompt with its image: prompts[i] vs images[i] -> (N,) in [-1, 1], higher is better."""
+        """Cosine similarity of each prompt with its image: prompts[i] vs images[i] -> (N,) in [-1, 1], higher is
+        better."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if len(prompts) != images.shape[0]:
             raise ValueError(
@@ -299,8 +305,8 @@ def load_reranker(path: str | Path, map_location: str | torch.device = "cpu") ->
 
 
 def load_scorer(path: str | Path) -> Callable[[list[str], Tensor], Tensor]:
-    """Factory for ``generate --rerank dalle.judges.reranker:load_scorer --rerank-checkpoint PATH``: the ``score`` callable
-    of the reranker at PATH (on the GPU when there is one)."""
+    """Factory for ``generate --rerank dalle.judges.reranker:load_scorer --rerank-checkpoint PATH``: the ``score``
+    callable of the reranker at PATH (on the GPU when there is one)."""
     model = load_reranker(path)
     if torch.cuda.is_available():
         model = model.cuda()
@@ -328,7 +334,7 @@ class RerankerModule(pl.LightningModule):
 
     def __init__(
         self,
-        config: RerankerConfig = RerankerConfig(),
+        config: RerankerConfig = RerankerConfig(),  # noqa: B008 (LightningCLI reads the default from the signature)
         tokenizer: str | None = None,
         tokenizer_captions: int = 20000,
         lr: float = 2e-3,

@@ -194,7 +194,8 @@ class DALLE(nn.Module):
             raise ValueError(f"text must hold integer token ids, got dtype {text.dtype}")
         if text.numel() and (int(text.min()) < 0 or int(text.max()) >= c.text_vocab_size):
             raise ValueError(
-                f"text ids must be in [0, {c.text_vocab_size - 1}] (text_vocab_size), got [{int(text.min())}, {int(text.max())}]: "
+                f"text ids must be in [0, {c.text_vocab_size - 1}] (text_vocab_size), "
+                f"got [{int(text.min())}, {int(text.max())}]: "
                 "was the text encoded with another tokenizer than the model's?"
             )
 
@@ -207,11 +208,13 @@ class DALLE(nn.Module):
         ids = ids.flatten(1) if ids.dim() == 3 else ids
         if ids.dim() != 2 or ids.shape[1] > max_len:
             raise ValueError(
-                f"image token ids must be (B, n) with n <= {max_len} or (B, {c.image_grid_size}, {c.image_grid_size}), got {tuple(ids.shape)}"
+                f"image token ids must be (B, n) with n <= {max_len} or (B, {c.image_grid_size}, {c.image_grid_size}), "
+                f"got {tuple(ids.shape)}"
             )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.image_vocab_size):
             raise ValueError(
-                f"image ids must be in [0, {c.image_vocab_size - 1}] (the dVAE's num_tokens), got [{int(ids.min())}, {int(ids.max())}]"
+                f"image ids must be in [0, {c.image_vocab_size - 1}] (the dVAE's num_tokens), "
+                f"got [{int(ids.min())}, {int(ids.max())}]"
             )
         return ids.long()
 
@@ -362,10 +365,12 @@ class DALLE(nn.Module):
         need = self.generation_bytes(rows, dtype, use_cache=use_cache)
         free = available_memory(self.device)
         if free is not None and need > 0.9 * free:
+            cache_gib = self.cache_bytes(rows, dtype) / 2**30
+            suggested_batch = max(1, int(rows * 0.9 * free / need) // 2)
             raise MemoryError(
                 f"generating {rows} sequences at once needs about {need / 2**30:.2f} GiB "
-                f"(KV cache {self.cache_bytes(rows, dtype) / 2**30:.2f} GiB) but only {free / 2**30:.2f} GiB is free on "
-                f"{self.device}. Generate fewer images per batch (e.g. --batch-size {max(1, int(rows * 0.9 * free / need) // 2)})."
+                f"(KV cache {cache_gib:.2f} GiB) but only {free / 2**30:.2f} GiB is free on "
+                f"{self.device}. Generate fewer images per batch (e.g. --batch-size {suggested_batch})."
             )
 
     # ------------------------------------------------------------------------------------------------ weights

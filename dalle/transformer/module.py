@@ -11,8 +11,8 @@ built once both vocabularies are known, so a checkpoint holds everything needed 
     tokenizer_json        the tokenizer's ``tokenizer.json`` text
     hyper_parameters      this module's arguments
 
-``dalle.pipeline.load_pipeline(path)`` reads such a checkpoint (``weights_only=True``, strict key/shape checks) or the folder that
-``fit`` exports at the end (``model.safetensors``, ``tokenizer.json``, ``vae/``).
+``dalle.pipeline.load_pipeline(path)`` reads such a checkpoint (``weights_only=True``, strict key/shape checks) or
+the folder that ``fit`` exports at the end (``model.safetensors``, ``tokenizer.json``, ``vae/``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ DEFAULT_SAMPLE_PROMPTS = (
 
 
 class DALLEModule(pl.LightningModule):
-    """Trains :class:`~dalle.transformer.model.DALLE` on image-caption batches (``{"image": (B,3,H,W) in [0,1], "caption": [str]}``).
+    """Trains :class:`~dalle.transformer.model.DALLE` on image-caption batches
+    (``{"image": (B,3,H,W) in [0,1], "caption": [str]}``).
 
     Args:
         vae_path: the trained dVAE, a ``DiscreteVAE.save_pretrained`` folder (or its ``.safetensors`` file).
@@ -205,7 +206,8 @@ class DALLEModule(pl.LightningModule):
         self._save_tokenizer()
 
     def _save_tokenizer(self) -> None:
-        """The run's tokenizer.json in the log dir, next to its logs (every rank calls this: _log_dir is a collective)."""
+        """The run's tokenizer.json in the log dir, next to its logs (every rank calls this: _log_dir is a
+        collective)."""
         log_dir = self._log_dir()
         if self.trainer.is_global_zero:
             self.tokenizer.save(Path(log_dir) / "tokenizer.json")
@@ -404,7 +406,8 @@ class DALLEModule(pl.LightningModule):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         print(
-            f"DALLE after {self.global_step} steps ({elapsed:.1f} min): {figures or 'no validation'}. Exported to {folder}",
+            f"DALLE after {self.global_step} steps ({elapsed:.1f} min): {figures or 'no validation'}. "
+            f"Exported to {folder}",
             flush=True,
         )
 

@@ -59,7 +59,8 @@ def convert(encoder_path: str, decoder_path: str, out: str, image_size: int = 25
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dalle.vae.convert_openai",
-        description="Convert OpenAI's pickled dall_e Encoder/Decoder to safetensors. UNPICKLES its inputs: trusted files only.",
+        description="Convert OpenAI's pickled dall_e Encoder/Decoder to safetensors. "
+        "UNPICKLES its inputs: trusted files only.",
     )
     parser.add_argument("encoder", help="encoder.pkl from OpenAI's release")
     parser.add_argument("decoder", help="decoder.pkl from OpenAI's release")

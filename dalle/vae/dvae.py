@@ -316,7 +316,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """codes (B, K, h, w), one-hot or relaxed -> per-pixel parameters (B, 2C, H, W) (mu, log-scale), or (B, C, H, W) for MSE.
+    """codes (B, K, h, w), one-hot or relaxed -> per-pixel parameters (B, 2C, H, W) (mu, log-scale), or
+    (B, C, H, W) for MSE.
 
     ``forward_ids`` takes token ids and replaces the one-hot input conv by a row lookup in its weight
     (the same numbers, no (B, K, h, w) one-hot tensor).
@@ -476,7 +477,8 @@ class DiscreteVAE(nn.Module):
             lo, hi = int(lo), int(hi)
             if lo < 0 or hi >= self.num_tokens:
                 raise ValueError(
-                    f"token ids must be in [0, {self.num_tokens - 1}] (num_tokens={self.num_tokens}); got values in [{lo}, {hi}]"
+                    f"token ids must be in [0, {self.num_tokens - 1}] (num_tokens={self.num_tokens}); "
+                    f"got values in [{lo}, {hi}]"
                 )
         return ids.long()
 
@@ -589,7 +591,8 @@ class DiscreteVAE(nn.Module):
 
 
 def config_from_state_dict(state_dict: dict[str, torch.Tensor], image_size: int | None = None) -> DVAEConfig:
-    """Infers the :class:`DVAEConfig` whose model has exactly these parameter shapes (image_size is not in the weights)."""
+    """Infers the :class:`DVAEConfig` whose model has exactly these parameter shapes (image_size is not in the
+    weights)."""
     openai = "encoder.blocks.input.w" in state_dict
     wname = "w" if openai else "weight"
     enc_in = state_dict[f"encoder.blocks.input.{wname}"]

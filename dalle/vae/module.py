@@ -61,7 +61,8 @@ class CodebookUsage(Metric):
 
 
 def batch_images(batch: Any) -> torch.Tensor:
-    """Images from the batch formats the project's datamodules yield: ``{"image": ...}``, ``(image, ...)`` or a tensor."""
+    """Images from the batch formats the project's datamodules yield: ``{"image": ...}``, ``(image, ...)`` or a
+    tensor."""
     if isinstance(batch, dict):
         return batch["image"]
     if isinstance(batch, (list, tuple)):

@@ -1,4 +1,5 @@
-"""vit.VisionTransformer: timm parity (keys, logits, files), pos_embed resampling, head dropping, own weights, bad input."""
+"""vit.VisionTransformer: timm parity (keys, logits, files), pos_embed resampling, head dropping, own weights,
+bad input."""
 
 import logging
 import pickle
@@ -316,7 +317,8 @@ def test_bad_input_errors_name_what_was_expected():
 
 
 def test_timm_model_names_go_through_create_model(monkeypatch):
-    """The online path (`timm:<name>` / from_timm(name)) without network: create_model is asked for pretrained weights."""
+    """The online path (`timm:<name>` / from_timm(name)) without network: create_model is asked for pretrained
+    weights."""
     calls = []
     real = timm.create_model
 

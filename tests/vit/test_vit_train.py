@@ -1,4 +1,5 @@
-"""ViT training: the Lightning recipe, DataModules (digits, ImageFolder, CIFAR), the CLI, predict, and the digits bar."""
+"""ViT training: the Lightning recipe, DataModules (digits, ImageFolder, CIFAR), the CLI, predict, and the digits
+bar."""
 
 import pickle
 import time

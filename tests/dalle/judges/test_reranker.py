@@ -203,7 +203,8 @@ def test_short_training_retrieves_the_true_image(tmp_path) -> None:
     image = dict(
         img_size=48, patch_size=16, num_classes=0, global_pool="", class_token=False, embed_dim=48, depth=1, num_heads=2
     )
-    # A warmer start than CLIP's 0.07: this tiny model otherwise first collapses to equal logits for a few hundred steps.
+    # A warmer start than CLIP's 0.07: this tiny model otherwise first collapses to equal logits for a few hundred
+    # steps.
     config = tiny_config(text_vocab_size=300, text_dim=48, image_arch=image, embed_dim=48, init_temperature=0.2)
     module = RerankerModule(config, tokenizer_captions=2000, lr=3e-3)
     data = ShapesDataModule(image_size=32, num_train=4096, num_val=64, num_test=128, batch_size=64)

@@ -263,7 +263,6 @@ def write_flax(path, enc: dict[str, torch.Tensor], dec: dict[str, torch.Tensor],
         "glu.fc1": "GLU_0/Dense_1",
         "glu.fc2": "GLU_0/Dense_2",
     }
-    leaf = {"weight": "kernel", "bias": "bias"}
     tree: dict = {"model": {}}
 
     def put(keys: list[str], value) -> None:
