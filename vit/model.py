@@ -133,17 +133,11 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
-            got = tuple(x.shape)
-            what = []
-            if x.dim() == 4 and x.shape[1] != self.in_chans:
-                what.append(f"{x.shape[1]} channels instead of {self.in_chans}")
-            if x.dim() == 4 and tuple(x.shape[2:]) != self.img_size:
-                what.append(f"size {x.shape[2]}x{x.shape[3]} instead of {self.img_size[0]}x{self.img_size[1]}")
+        expected = (self.in_chans, *self.img_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"expected images of shape (B, {self.in_chans}, {self.img_size[0]}, {self.img_size[1]}), got {got}"
-                + (f": {', '.join(what)}" if what else "")
-                + ". Resize the input, or build/load the model with this img_size (pos_embed is resampled on load)."
+                f"expected images of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}: resize the "
+                "input, or build the model for this size (from_pretrained(..., img_size=...) resamples pos_embed)"
             )
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
 

@@ -232,14 +232,10 @@ class DALLE(nn.Module):
         pos = self.image_pos()[start : start + ids.shape[1]]
         return self.image_emb(ids) + pos
 
-    def forward(self, text: Tensor, image: Tensor, *, return_loss: bool = True, check: bool = True) -> DALLEOutput:
-        """text: (B, T) ids (0 = padding); image: (B, h, w) or (B, N) dVAE ids. Teacher-forced logits (and loss).
-
-        `check=False` skips the id-range checks (each one waits for the GPU): for training steps after the first."""
-        if check:
-            self.check_text(text)
-            image = self.check_image_ids(image)
-        image = image.flatten(1)
+    def forward(self, text: Tensor, image: Tensor, *, return_loss: bool = True) -> DALLEOutput:
+        """text: (B, T) ids (0 = padding); image: (B, h, w) or (B, N) dVAE ids. Teacher-forced logits (and loss)."""
+        self.check_text(text)
+        image = self.check_image_ids(image).flatten(1)
         c = self.config
         if image.shape[1] != c.image_seq_len or image.shape[0] != text.shape[0]:
             raise ValueError(

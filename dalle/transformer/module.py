@@ -308,7 +308,7 @@ class DALLEModule(pl.LightningModule):
         if p > 0:
             keep = torch.rand(text.shape[0], 1, device=text.device) >= p
             text = text * keep  # dropped captions become all padding: the unconditional prompt
-        out = self.model(text, ids, check=batch_idx == 0)
+        out = self.model(text, ids)
         n = text.shape[0]
         # synced: every rank holds (and checkpoint/early-stopping callbacks monitor) the mean over all ranks
         self.log("train/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
@@ -320,7 +320,7 @@ class DALLEModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         text, ids = self.encode_batch(batch)
-        out = self.model(text, ids, check=batch_idx == 0)
+        out = self.model(text, ids)
         n = text.shape[0]
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
         self.log_dict({"val/text_loss": out.text_loss, "val/image_loss": out.image_loss}, sync_dist=True, batch_size=n)
