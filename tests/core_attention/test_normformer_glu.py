@@ -108,10 +108,10 @@ def test_shared_context_equals_repeated_context(fused):
     mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
     mask[1, ..., -2:] = False
     expected = attn(x, context.repeat_interleave(3, 0), mask=mask.repeat_interleave(3, 0))
-    torch.testing.assert_close(attn(x, context, mask=mask), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(attn(x, context, mask=mask), expected, atol=1e-5, rtol=1e-5)
     cache = KVCache(2, 5, 4, 8, static=True)
     attn(x[:, :1], context, mask=mask, cache=cache)
-    torch.testing.assert_close(attn(x[:, 1:], None, mask=mask, cache=cache), expected[:, 1:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(attn(x[:, 1:], None, mask=mask, cache=cache), expected[:, 1:], atol=1e-5, rtol=1e-5)
     weights = attn(x, context, mask=mask, return_weights=True)[1]
     assert weights.shape == (6, 4, 2, 5) and torch.equal(weights[3:, ..., -2:], torch.zeros(3, 4, 2, 2))
     with pytest.raises(ValueError, match="divisor"):

@@ -164,10 +164,12 @@ def test_too_many_rows_fail_before_allocating(monkeypatch) -> None:
 
 
 def test_too_many_images_fail_before_generating(pipeline, monkeypatch) -> None:
+    import dalle.pipeline
     import dalle.transformer.model
 
     model, tokenizer, vae = pipeline
-    monkeypatch.setattr(dalle.transformer.model, "available_memory", lambda device: 64 << 20)  # 64 MiB free
+    for module in (dalle.transformer.model, dalle.pipeline):  # the model's batch check and the pipeline's output check
+        monkeypatch.setattr(module, "available_memory", lambda device: 64 << 20)  # 64 MiB free
     with pytest.raises(MemoryError, match=r"ask for fewer images \(-n\)"):
         generate_images(model, tokenizer, vae, "a red circle", num_images=100_000, batch_size=8)
 
