@@ -1,1 +1,2 @@
-"""Text-to-image transformers: DALL·E Mini / Mega's encoder–decoder (`bart`), its weights and its tokenizer."""
+"""Text-to-image transformers: the paper's DALL·E (`model`, `module`: its training, `masks`, `tokenizer`), DALL·E Mini /
+Mega's encoder–decoder (`bart`, `bart_weights`, `bart_tokenizer`), and what both sample with (`sampling`)."""

@@ -1,0 +1,1 @@
+"""Training data: synthetic captioned shapes, caption folders, WebDataset shards, and their DataModules."""
