@@ -89,7 +89,9 @@ class VitDalleCLI(LightningCLI):
             return
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        yours = _flat(cfg.get("model"))
+        given = cfg.get("model")
+        given = given.clone() if given is not None else Namespace()
+        yours = _flat(given)
         self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
         cfg = self._run_config()
         keep = set(getattr(self._model_class, "resume_options", ()))
@@ -102,14 +104,8 @@ class VitDalleCLI(LightningCLI):
                 "Resuming or evaluating a checkpoint uses its own options: leave these out (or set them to the "
                 "checkpoint's values), or start a new run without --ckpt_path."
             )
-        for name in keep:
-            if name in (cfg.get("model") or {}):
-                cfg.model[name] = self._keep_value(yours, name)
-
-    @staticmethod
-    def _keep_value(flat: dict[str, Any], name: str) -> Any:
-        nested = {k[len(name) + 1 :]: v for k, v in flat.items() if k.startswith(name + ".")}
-        return Namespace(**nested) if nested else flat.get(name)
+        for name in (n for n in keep if n in given):
+            cfg.model[name] = given[name]
 
     def before_fit(self) -> None:
         """A new run must not write into a folder that holds another run's checkpoints: its `last.ckpt` would stay
