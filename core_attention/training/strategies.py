@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 from typing import Any, Literal
 
+import torch
 from pytorch_lightning.strategies import FSDPStrategy
 
 from core_attention.block import TransformerBlock
+
+
+def destroy_process_group_at_exit() -> None:
+    """Tear the default process group down in order before the interpreter exits.
+
+    Lightning does this for NCCL only. A gloo process group left to the interpreter's shutdown can abort a worker
+    after training has finished ("terminate called without an active exception", SIGABRT under `ddp_spawn`), so every
+    process that imports the training code destroys it too (registered below; a no-op without a process group).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+atexit.register(destroy_process_group_at_exit)
 
 
 class TransformerFSDPStrategy(FSDPStrategy):
