@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from core_attention.io import check_writable
-from dalle.pipeline import generate_images, load_pipeline, load_prime_image, load_reranker, save_images
+from dalle.generation import load_prime_image, load_reranker, save_images
+from dalle.pipeline import generate_images, generation_defaults, load_pipeline
 from dalle.pretrained import generate_pretrained_main
+from dalle.shipped import DALLE_DIR
 
 __all__ = ["generate_main", "generate_parser"]
 
@@ -29,9 +31,9 @@ _MOVED = {
         "dalle.transformer.sampling",
     ),
     **dict.fromkeys(
-        ("GenerationResult", "Reranker", "check_prompts", "decode", "keep_best", "prime_ids", "RERANKERS"),
-        "dalle.pipeline",
+        ("GenerationResult", "Reranker", "check_prompts", "keep_best", "prime_ids", "RERANKERS"), "dalle.generation"
     ),
+    "decode": "dalle.pipeline",
 }
 
 
@@ -57,8 +59,9 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="a .ckpt written by `python -m dalle fit`, "
-        "or an exported folder (model.safetensors, tokenizer.json, vae/)",
+        help="a .ckpt written by `python -m dalle fit`, or an exported folder (model.safetensors, tokenizer.json, "
+        "vae/, optional generation.json with its sampling defaults). Default: the shapes model shipped with the "
+        "package (guidance 3, top-p 0.9 unless given)",
     )
     p.add_argument(
         "--pretrained",
@@ -75,7 +78,7 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--temperature",
         type=float,
-        default=1.0,
+        default=None,
         help="sampling temperature (> 0; below 1 is more conservative; default 1)",
     )
     p.add_argument(
@@ -109,7 +112,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rerank",
         default=None,
-        help="reranker: 'clip' (with --rerank-checkpoint naming CLIP weights) or 'module:function' scoring "
+        help="reranker: 'shapes' (the shipped shapes reranker, or --rerank-checkpoint DIR of fit-reranker), "
+        "'clip' (with --rerank-checkpoint naming CLIP weights) or 'module:function' scoring "
         "(prompts, images) -> scores",
     )
     p.add_argument("--rerank-checkpoint", default=None, help="if given, --rerank names a factory called with this path")
@@ -130,7 +134,11 @@ def generate_main(argv: list[str]) -> int:
     if args.pretrained is not None:
         return generate_pretrained_main(args)
     if args.checkpoint is None:
-        generate_parser().error("pass --checkpoint CKPT (a model trained here) or --pretrained mini|mega|DIR")
+        print(f"no --checkpoint: using the shapes model shipped with the package ({DALLE_DIR})", flush=True)
+    defaults = generation_defaults(args.checkpoint) if args.checkpoint is None or Path(args.checkpoint).is_dir() else {}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     check_writable(args.out, what="grid image (--out)")  # before the model loads and samples, not after
     check_writable(args.individual_dir or Path(args.out).with_suffix(""), folder=True, what="folder of single images")
     device = torch.device(args.device)
@@ -148,7 +156,7 @@ def generate_main(argv: list[str]) -> int:
         candidates=args.candidates,
         rerank=rerank,
         batch_size=args.batch_size,
-        temperature=args.temperature,
+        temperature=1.0 if args.temperature is None else args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,

@@ -1,6 +1,6 @@
 """From prompts to pictures with a trained DALL·E: load a checkpoint or exported folder, generate, rerank, save.
 
-    model, tokenizer, vae = load_pipeline("runs/dalle_shapes/dalle")
+    model, tokenizer, vae = load_pipeline()  # the shipped shapes model; or a path: load_pipeline("runs/.../dalle")
     result = generate_images(model, tokenizer, vae, ["a red circle"], num_images=4, guidance_scale=3, top_p=0.9)
     save_images(result.images, "grid.png")
 
@@ -8,18 +8,18 @@ The token-level loop is :meth:`dalle.transformer.model.DALLE.generate` (with `da
 module is the text and image level around it: tokenise the prompts, prime with a partial image, batch within the
 memory there is, decode with the dVAE, rerank N candidates. ``python -m dalle generate`` (`dalle.generate`) is its CLI.
 
-A reranker is any callable ``(prompts: list[str], images: (N, 3, H, W) in [0, 1]) -> scores (N,)``, higher is
-better (e.g. CLIP or a contrastive text-image model); ``--rerank module:function`` plugs one into the CLI.
+``load_pipeline("mini")`` / ``("mega")`` returns DALL·E Mini / Mega (`dalle.pretrained`) in the same three parts,
+and `generate_images` samples them with their own sampler. The prompt and image level that both families share
+(prompt checks, priming, reranking, saving) is `dalle.generation`.
 """
 
 from __future__ import annotations
 
-import importlib
+import json
 import os
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,15 +27,31 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from core_attention.io import load_checkpoint, load_state_dict_checked
+from dalle.generation import (
+    GenerationResult,
+    Reranker,
+    check_prompts,
+    keep_best,
+    load_prime_image,
+    load_reranker,
+    prime_ids,
+    save_images,
+)
+from dalle.pretrained import PRETRAINED, Pretrained, generate_pretrained, load_pretrained
+from dalle.shipped import DALLE_DIR
+from dalle.transformer.bart import DalleBart
+from dalle.transformer.bart_tokenizer import BartTokenizer
 from dalle.transformer.model import DALLE, DALLEConfig, available_memory
 from dalle.transformer.sampling import check_sampling_args
 from dalle.transformer.tokenizer import BPETokenizer
 from dalle.vae.dvae import DiscreteVAE
+from dalle.vae.vqgan import VQGAN
 
 __all__ = [
     "GenerationResult",
     "Reranker",
     "check_prompts",
+    "generation_defaults",
     "generate_images",
     "keep_best",
     "load_pipeline",
@@ -45,71 +61,11 @@ __all__ = [
     "save_images",
 ]
 
-Reranker = Callable[[list[str], Tensor], Tensor]
-
-
-# ---------------------------------------------------------------------------------------------------- text level
-
-
-@dataclass
-class GenerationResult:
-    prompts: list[str]
-    images: Tensor  # (P, n, 3, H, W) in [0, 1]
-    ids: Tensor  # (P, n, N) image token ids
-    scores: Tensor | None = None  # (P, n) reranker scores, best first, when a reranker ran
-    seed: int | None = None
-
-
-def check_prompts(prompts: str | Sequence[str], *, allow_empty: bool) -> list[str]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, Sequence):
-        raise TypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompts[{i}] is {prompt!r} ({type(prompt).__name__}): every prompt must be a str")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError('no prompts given: pass at least one text (an empty string "" asks for unconditional images)')
-    if not allow_empty and any(not p.strip() for p in prompts):
-        raise ValueError(
-            "an empty prompt gives unconditional images: "
-            "allow it explicitly with unconditional=True (--unconditional), "
-            "or use it with classifier-free guidance (guidance_scale != 1), which needs the unconditional pass anyway"
-        )
-    return prompts
-
-
-def prime_ids(vae: DiscreteVAE, image: Tensor, rows: int, count: int) -> Tensor:
-    """The first `rows` grid rows of the dVAE codes of `image` ((3, H, W) or (count, 3, H, W) in [0, 1])
-    -> (count, rows * w)."""
-    g = vae.grid_size
-    if not 1 <= rows < g:
-        raise ValueError(f"prime_rows must be in [1, {g - 1}] (the image grid has {g} rows of tokens), got {rows}")
-    if image.dim() == 3:
-        image = image[None]
-    if image.dim() != 4 or image.shape[1] != vae.channels:
-        raise ValueError(
-            f"prime image must be ({vae.channels}, H, W) or (B, {vae.channels}, H, W) in [0, 1], "
-            f"got {tuple(image.shape)}"
-        )
-    if image.shape[-2:] != (vae.image_size, vae.image_size):
-        raise ValueError(
-            f"prime image is {image.shape[-2]}x{image.shape[-1]} "
-            f"but this model makes {vae.image_size}x{vae.image_size} "
-            "images: resize it first (the CLI's --prime-resize does)"
-        )
-    if image.shape[0] not in (1, count):
-        raise ValueError(f"give one prime image or one per generated image ({count}), got {image.shape[0]}")
-    param = next(vae.parameters())
-    ids = vae.encode(image.to(param.device, torch.float32))[:, :rows].flatten(1)  # (1 or count, rows * w)
-    return ids.expand(count, -1)
-
 
 def generate_images(
-    model: DALLE,
-    tokenizer: BPETokenizer,
-    vae: DiscreteVAE,
+    model: DALLE | DalleBart,
+    tokenizer: BPETokenizer | BartTokenizer,
+    vae: DiscreteVAE | VQGAN,
     prompts: str | Sequence[str],
     *,
     num_images: int = 1,
@@ -125,9 +81,13 @@ def generate_images(
     prime_rows: int = 0,
     unconditional: bool = False,
     use_cache: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
     """`num_images` images per prompt. With a `rerank` callable, `candidates` (>= num_images) are sampled per prompt and
-    the `num_images` best-scored kept, best first. `batch_size` images (x2 with guidance) run per forward pass."""
+    the `num_images` best-scored kept, best first. `batch_size` images (x2 with guidance) run per forward pass.
+    `progress(done, total)` is called after each sampled token position with the image tokens sampled so far.
+    DALL·E Mini / Mega (``load_pipeline("mini")``) sample with `dalle.pretrained.generate_pretrained`; min-dalle's
+    settings for them are ``top_k=256, guidance_scale=16``."""
     guided = guidance_scale != 1.0
     prompts = check_prompts(prompts, allow_empty=unconditional or guided)
     check_sampling_args(temperature, top_k, top_p, guidance_scale)
@@ -144,6 +104,24 @@ def generate_images(
         )
     if candidates > num_images and rerank is None:
         raise ValueError(f"sampling {candidates} candidates to keep {num_images} needs a reranker (rerank=...)")
+    if isinstance(model, DalleBart):  # DALL·E Mini / Mega: their own sampler, the same candidates and reranking
+        if not use_cache:
+            raise ValueError("DALL·E Mini / Mega always decode with the cache: use_cache=False is for DALLE models")
+        result = generate_pretrained(
+            Pretrained(model, tokenizer, vae),
+            prompts,
+            num_images=candidates,
+            batch_size=batch_size,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            prime_image=prime_image,
+            prime_rows=prime_rows,
+            progress=progress or False,
+        )
+        return keep_best(result, rerank, num_images) if rerank is not None else result
     if model.config.image_vocab_size != vae.num_tokens or model.config.image_grid_size != vae.grid_size:
         raise ValueError(
             f"model and dVAE disagree: the model expects {model.config.image_vocab_size} image tokens on a "
@@ -154,16 +132,7 @@ def generate_images(
     text = tokenizer.encode_batch(prompts, model.config.text_seq_len)  # (P, T); warns on truncation
     text = text.repeat_interleave(candidates, dim=0)  # (P * C, T), candidates of a prompt adjacent
     total = text.shape[0]
-    # Checks up front, before anything is allocated: the widest batch must fit, and so must all the outputs.
-    model.check_memory(min(batch_size, total) * (2 if guided else 1), model._dtype(), use_cache=use_cache)
-    output_bytes = total * (4 * vae.channels * vae.image_size**2 + 8 * model.config.image_seq_len)
-    free = available_memory(torch.device("cpu"))
-    if free is not None and output_bytes > 0.5 * free:
-        raise MemoryError(
-            f"{len(prompts)} prompt(s) x {candidates} images of {vae.image_size}x{vae.image_size} px need "
-            f"{output_bytes / 2**30:.1f} GiB of output memory, but only {free / 2**30:.1f} GiB is free: "
-            "ask for fewer images (-n)"
-        )
+    check_fits(model, vae, min(batch_size, total) * (2 if guided else 1), total, use_cache)
     prime = prime_ids(vae, prime_image, prime_rows, total) if prime_image is not None else None
     if prime is None and prime_rows:
         raise ValueError("prime_rows given without a prime image")
@@ -172,8 +141,12 @@ def generate_images(
         seed = random.randrange(2**31)
     generator = torch.Generator(model.device).manual_seed(seed)
     ids = torch.empty(total, model.config.image_seq_len, dtype=torch.long)
+    first = 0 if prime is None else prime.shape[1]  # the first position sampled
+    steps = model.config.image_seq_len - first
     for start in range(0, total, batch_size):
         end = min(start + batch_size, total)
+        done, rows = start * steps, end - start  # tokens sampled before this batch; its rows
+        on_step = None if progress is None else (lambda j: progress(done + (j - first + 1) * rows, total * steps))
         ids[start:end] = model.generate(
             text[start:end],
             temperature=temperature,
@@ -183,6 +156,7 @@ def generate_images(
             generator=generator,
             prime=None if prime is None else prime[start:end],
             use_cache=use_cache,
+            on_step=on_step,
         ).cpu()
     images = torch.cat([decode(vae, ids[s : s + batch_size]) for s in range(0, total, batch_size)])  # (P*C, 3, H, W)
 
@@ -192,104 +166,35 @@ def generate_images(
     return keep_best(result, rerank, num_images) if rerank is not None else result
 
 
-def keep_best(result: GenerationResult, rerank: Reranker, num_images: int) -> GenerationResult:
-    """The `num_images` of each prompt's candidates that `rerank` scores highest, best first, with their scores.
-
-    Any sampler's result reranks this way (the shapes model's `generate_images`, DALL·E Mini / Mega's).
-    """
-    P, candidates = result.images.shape[:2]
-    if not 1 <= num_images <= candidates:
-        raise ValueError(f"can keep 1 to {candidates} of {candidates} candidates per prompt, not {num_images}")
-    total = P * candidates
-    flat_prompts = [p for p in result.prompts for _ in range(candidates)]
-    scores = torch.as_tensor(rerank(flat_prompts, result.images.flatten(0, 1))).float().cpu()
-    if scores.shape != (total,):
-        raise ValueError(f"the reranker must return one score per image, shape ({total},), got {tuple(scores.shape)}")
-    scores, best = scores.view(P, candidates).topk(num_images, dim=1)  # (P, n), best first
-    ids = result.ids.gather(1, best[..., None].expand(-1, -1, result.ids.shape[-1]))
-    images = result.images[torch.arange(P)[:, None], best]
-    return replace(result, images=images, ids=ids, scores=scores)
+def check_fits(model: DALLE, vae: DiscreteVAE, rows: int, total: int, use_cache: bool) -> None:
+    """Before anything is allocated: the widest batch (`rows` sequences) must fit, and so must all `total` outputs."""
+    model.check_memory(rows, model._dtype(), use_cache=use_cache)
+    output_bytes = total * (4 * vae.channels * vae.image_size**2 + 8 * model.config.image_seq_len)
+    free = available_memory(torch.device("cpu"))
+    if free is not None and output_bytes > 0.5 * free:
+        raise MemoryError(
+            f"{total} images of {vae.image_size}x{vae.image_size} px need {output_bytes / 2**30:.1f} GiB of output "
+            f"memory, but only {free / 2**30:.1f} GiB is free: ask for fewer images (-n) or candidates"
+        )
 
 
 def decode(vae: DiscreteVAE, ids: Tensor) -> Tensor:
     return vae.decode(ids.to(next(vae.parameters()).device)).float().cpu()
 
 
-def save_images(
-    images: Tensor, out: str | Path, *, individual_dir: str | Path | None = None, padding: int = 2
-) -> list[Path]:
-    """Save (P, n, 3, H, W) images as one grid (a row per prompt) at `out`, and each image as
-    ``<individual_dir>/<out stem>_<prompt>_<image>.png`` (default folder: ``<out stem>/`` next to `out`)."""
-    from torchvision.utils import make_grid, save_image
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    P, n = images.shape[:2]
-    save_image(make_grid(images.flatten(0, 1), nrow=n, padding=padding, pad_value=1.0), out)
-    folder = Path(individual_dir) if individual_dir is not None else out.with_suffix("")
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [out]
-    for p in range(P):
-        for i in range(n):
-            path = folder / f"{out.stem}_{p:02d}_{i:02d}.png"
-            save_image(images[p, i], path)
-            paths.append(path)
-    return paths
-
-
-# Short names for --rerank: factories called with --rerank-checkpoint.
-RERANKERS = {"clip": "dalle.judges.clip_score:load_scorer"}
-
-
-def load_reranker(spec: str, checkpoint: str | None = None) -> Reranker:
-    """``module:attribute`` -> the reranker callable. With `checkpoint`, the attribute is a factory called with it.
-
-    A key of `RERANKERS` ("clip") names a factory, so it needs `checkpoint` (for CLIP: a path or e.g. ViT-B-32/openai).
-    """
-    if spec in RERANKERS:
-        if checkpoint is None:
-            raise ValueError(
-                f"--rerank {spec} needs --rerank-checkpoint: for CLIP a path, hf-hub:<repo> or a name such "
-                "as ViT-B-32/openai (see vit.clip.PRETRAINED)"
-            )
-        spec = RERANKERS[spec]
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"--rerank expects 'package.module:function', got {spec!r}")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load reranker {spec!r}: {err}") from None
-    reranker = obj(checkpoint) if checkpoint is not None else obj
-    if not callable(reranker):
-        raise TypeError(f"reranker {spec!r} is not callable: it must map (prompts, images) to scores")
-    return reranker
-
-
-def load_prime_image(path: str, size: int, resize: bool) -> Tensor:
-    """An image file as a (3, size, size) float tensor in [0, 1] for priming (`resize` instead of refusing another
-    size)."""
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-
-    image = Image.open(path).convert("RGB")
-    if image.size != (size, size):
-        if not resize:
-            raise ValueError(
-                f"--prime-image {path} is {image.size[0]}x{image.size[1]} "
-                f"but the model makes {size}x{size} images; pass --prime-resize"
-            )
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return pil_to_tensor(image).float() / 255
-
-
 def load_pipeline(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[DALLE, BPETokenizer, DiscreteVAE]:
-    """(model, tokenizer, dVAE) in eval mode from a ``fit`` checkpoint (.ckpt) or an exported folder.
+    path: str | os.PathLike | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[DALLE, BPETokenizer, DiscreteVAE] | tuple[DalleBart, BartTokenizer, VQGAN]:
+    """(model, tokenizer, dVAE) in eval mode from a ``fit`` checkpoint (.ckpt) or an exported folder; without a
+    path, the shapes model shipped in the package (`dalle.shipped.DALLE_DIR`); ``"mini"`` / ``"mega"``: DALL·E Mini /
+    Mega with their VQGAN, downloaded once with huggingface_hub (`dalle.pretrained.load_pretrained`, which also reads
+    their files from a folder and loads in bf16).
 
     Checkpoints are read with ``weights_only=True``; weights must match their saved configs exactly (strict)."""
-    path = Path(path)
+    if str(path) in PRETRAINED:
+        pipe = load_pretrained(str(path), device=map_location)
+        return pipe.model.eval(), pipe.tokenizer, pipe.vqgan.eval()
+    path = Path(DALLE_DIR if path is None else path)
     if path.is_dir():
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(
@@ -317,3 +222,19 @@ def load_pipeline(
             f"{path}: tokenizer vocab {tokenizer.vocab_size} != model text_vocab_size {model.config.text_vocab_size}"
         )
     return model.to(map_location).eval(), tokenizer, vae.to(map_location).eval()
+
+
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "guidance_scale")
+
+
+def generation_defaults(path: str | os.PathLike | None = None) -> dict[str, float]:
+    """The sampling settings an exported folder recommends in its ``generation.json`` ({} when it has none), e.g.
+    the shipped model's guidance 3 and top-p 0.9. `generate` uses them for the options the user did not give."""
+    file = Path(DALLE_DIR if path is None else path) / "generation.json"
+    if not file.is_file():
+        return {}
+    settings = json.loads(file.read_text())
+    unknown = set(settings) - set(SAMPLING_OPTIONS)
+    if unknown:
+        raise ValueError(f"{file}: unknown sampling options {sorted(unknown)} (known: {', '.join(SAMPLING_OPTIONS)})")
+    return settings

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from huggingface_hub import snapshot_download
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dalle.pipeline import (
+from dalle.generation import (
     GenerationResult,
     check_prompts,
     keep_best,
@@ -172,12 +172,13 @@ def generate_pretrained(
     seed: int | None = None,
     prime_image: Tensor | None = None,
     prime_rows: int = 0,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     top_p: float | None = None,
 ) -> GenerationResult:
     """`num_images` images per prompt, `batch_size` images (x2 with guidance) per decoding pass. The defaults are
     min-dalle's (temperature 1, top-k 256, super-conditioning 16). `prime_image` ((3, 256, 256) in [0, 1]) keeps its
-    top `prime_rows` token rows (16 px each) and completes the rest (needs the VQGAN encoder: the flax weights)."""
+    top `prime_rows` token rows (16 px each) and completes the rest (needs the VQGAN encoder: the flax weights).
+    `progress`: True shows a progress bar; a callable gets (image tokens sampled so far, total) after each position."""
     prompts = check_prompts(prompts, allow_empty=True)
     if num_images < 1 or batch_size < 1:
         raise ValueError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
@@ -201,7 +202,17 @@ def generate_pretrained(
     generator = torch.Generator(model.device).manual_seed(seed)
     steps = c.image_seq_len - (prime.shape[1] if prime is not None else 0)
     ids = torch.empty(total, c.image_seq_len, dtype=torch.long)
-    with tqdm(total=total * steps, desc="image tokens", unit="tok", disable=not progress) as bar:
+    report = progress if callable(progress) else None
+    done = 0
+
+    def step(rows: int) -> None:  # after each sampled position of a batch of `rows` images
+        nonlocal done
+        done += rows
+        bar.update(rows)
+        if report is not None:
+            report(done, total * steps)
+
+    with tqdm(total=total * steps, desc="image tokens", unit="tok", disable=progress is not True) as bar:
         for start in range(0, total, batch_size):
             end = min(start + batch_size, total)
             ids[start:end] = model.generate(
@@ -213,7 +224,7 @@ def generate_pretrained(
                 guidance_scale=guidance_scale,
                 generator=generator,
                 prime=None if prime is None else prime[start:end],
-                on_step=lambda _, n=end - start: bar.update(n),
+                on_step=lambda _, n=end - start: step(n),
             ).cpu()
     images = torch.cat([pipe.vqgan.decode(ids[s : s + batch_size]).cpu() for s in range(0, total, batch_size)])
     P = len(prompts)
@@ -238,7 +249,7 @@ def generate_pretrained_main(args: argparse.Namespace) -> int:
         args.prompts,
         num_images=candidates,
         batch_size=args.batch_size,
-        temperature=args.temperature,
+        temperature=1.0 if args.temperature is None else args.temperature,
         top_k=256 if args.top_k is None else args.top_k,
         top_p=args.top_p,
         guidance_scale=16.0 if args.guidance_scale is None else args.guidance_scale,

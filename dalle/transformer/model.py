@@ -19,6 +19,7 @@ feeds one token per row (two rows per image with classifier-free guidance, condi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -287,6 +288,7 @@ class DALLE(nn.Module):
         seed: int | None = None,
         prime: Tensor | None = None,
         use_cache: bool = True,
+        on_step: Callable[[int], None] | None = None,
     ) -> Tensor:
         """Sample image token ids for each text row.
 
@@ -300,6 +302,7 @@ class DALLE(nn.Module):
             generator / seed: the random stream (same seed -> same ids). Neither: torch's global generator.
             prime: (B, n) or (B, rows, w) image ids to keep as the first n tokens (image priming).
             use_cache: decode incrementally with a preallocated KV cache (same ids as recomputing every prefix).
+            on_step: called with j after image token j of every row is sampled (a progress bar).
         Returns:
             (B, N) image token ids in raster order.
         """
@@ -339,6 +342,8 @@ class DALLE(nn.Module):
                 x = torch.cat([prefix, self.embed_image(rows_of(out[:, n:j]), n)], dim=1) if j > n else prefix
                 h = self.decoder(x, mask=self.layer_masks(0, x.shape[1]))
                 out[:, j] = sample(self.image_head(h[:, -1]))
+                if on_step is not None:
+                    on_step(j)
             return out
 
         cache = self.decoder.init_cache(rows, c.seq_len, dtype=dtype, device=self.device)
@@ -348,6 +353,8 @@ class DALLE(nn.Module):
         for j in range(n, N):
             token = sample(logits)  # (B,)
             out[:, j] = token
+            if on_step is not None:
+                on_step(j)
             if j == N - 1:
                 break
             p = T + 1 + j  # input position that holds image token j

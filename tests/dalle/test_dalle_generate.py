@@ -225,6 +225,37 @@ def test_priming_keeps_the_top_rows(pipeline) -> None:
         generate_images(model, tokenizer, vae, "a red circle", prime_image=image, prime_rows=4)
 
 
+def test_progress_counts_every_sampled_image_token(pipeline) -> None:
+    model, tokenizer, vae = pipeline
+    n, calls = model.config.image_seq_len, []  # 16 tokens per image
+    kwargs = dict(num_images=3, batch_size=4, seed=0, guidance_scale=2.0, top_k=8)
+    result = generate_images(
+        model, tokenizer, vae, ["a red circle", "a blue square"], **kwargs, progress=lambda *a: calls.append(a)
+    )
+    assert len(calls) == 2 * n and calls[-1] == (6 * n, 6 * n)  # two batches (4 + 2 images), a call per position
+    assert all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
+    assert torch.equal(
+        result.ids, generate_images(model, tokenizer, vae, ["a red circle", "a blue square"], **kwargs).ids
+    )
+    calls.clear()
+    image = torch.rand(3, 16, 16)
+    generate_images(
+        model,
+        tokenizer,
+        vae,
+        "a red circle",
+        num_images=2,
+        prime_image=image,
+        prime_rows=1,
+        progress=lambda *a: calls.append(a),
+    )
+    rest = n - 4  # the first of 4 token rows is kept
+    assert len(calls) == rest and calls[-1] == (2 * rest, 2 * rest)
+    calls.clear()
+    generate_images(model, tokenizer, vae, "a red circle", use_cache=False, progress=lambda *a: calls.append(a))
+    assert calls == [(j, n) for j in range(1, n + 1)]
+
+
 def test_reranking_keeps_the_best_candidates(pipeline) -> None:
     model, tokenizer, vae = pipeline
     seen = {}

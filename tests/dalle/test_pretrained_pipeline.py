@@ -7,14 +7,13 @@ import json
 
 import pytest
 import torch
+from pretrained_fixtures import write_tiny_pretrained
 from safetensors import safe_open
 
 from dalle.generate import generate_main
 from dalle.pretrained import convert_main, generate_pretrained, load_pretrained
 from dalle.transformer.bart import DalleBart, DalleBartConfig
 from dalle.vae.vqgan import VQGAN, VQGANConfig
-
-SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,32 +26,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """Our folder layout: model.safetensors + config.json, vocab.json + merges.txt, vqgan/. A 32 px VQGAN with a
-    16 x 16 grid keeps the real 256-token image sequence."""
-    path = tmp_path_factory.mktemp("pretrained")
-    chars = [chr(c) for c in range(33, 127)] + ["Ġ"]
-    vocab = {t: i for i, t in enumerate(SPECIALS + chars + ["Ġf", "ox", "Ġfox"])}
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\nĠ f\no x\nĠf ox\n")
-    torch.manual_seed(0)
-    DalleBart(
-        DalleBartConfig(
-            text_vocab_size=len(vocab),
-            image_vocab_size=64,
-            codebook_size=64,
-            dim=32,
-            encoder_depth=1,
-            decoder_depth=1,
-            num_heads=2,
-            glu_dim=48,
-        )
-    ).save_pretrained(path)
-    VQGAN(
-        VQGANConfig(
-            ch=16, ch_mult=(1, 2), num_res_blocks=1, resolution=32, z_channels=8, embed_dim=8, n_embed=64, num_groups=4
-        )
-    ).save_pretrained(path / "vqgan")
-    return path
+    return write_tiny_pretrained(tmp_path_factory.mktemp("pretrained"))
 
 
 def test_prompts_to_images(folder):
@@ -202,3 +176,34 @@ def test_min_dalle_folder_layout(folder, tmp_path):
     c = pipe.model.config
     assert (c.dim, c.num_heads, c.image_vocab_size, c.codebook_size, c.start_token) == (64, 1, 64, 64, 64)
     assert generate_pretrained(pipe, "a fox", seed=0).ids.shape == (1, 1, 256)
+
+
+def test_load_pipeline_by_name_and_generate_images_with_reranking(folder, monkeypatch):
+    """`load_pipeline("mini")` as the README's generation example uses it: the files come from huggingface_hub
+    (here: its download answered by the local folder), and `generate_images` samples, reranks and keeps the best."""
+    from dalle.generation import keep_best
+    from dalle.pipeline import generate_images, load_pipeline
+
+    asked = []
+
+    def local_snapshot(repo_id, allow_patterns=None):
+        asked.append(repo_id)
+        return str(folder / "vqgan" if "vqgan" in repo_id else folder)
+
+    monkeypatch.setattr("dalle.pretrained.snapshot_download", local_snapshot)
+    model, tokenizer, vqgan = load_pipeline("mini")
+    assert asked == ["dalle-mini/dalle-mini", "dalle-mini/vqgan_imagenet_f16_16384"]
+    assert isinstance(model, DalleBart) and isinstance(vqgan, VQGAN) and not model.training
+
+    def brightness(prompts, images):
+        return images.mean(dim=(1, 2, 3))
+
+    kept = generate_images(model, tokenizer, vqgan, ["a fox"], num_images=2, candidates=4, rerank=brightness, seed=5)
+    sampled = generate_pretrained(
+        load_pretrained(folder), ["a fox"], num_images=4, top_k=None, guidance_scale=1.0, seed=5
+    )
+    expected = keep_best(sampled, brightness, 2)
+    assert torch.equal(kept.ids, expected.ids) and kept.scores.shape == (1, 2)
+    assert kept.scores[0, 0] >= kept.scores[0, 1]  # best first
+    with pytest.raises(ValueError, match="always decode with the cache"):
+        generate_images(model, tokenizer, vqgan, ["a fox"], use_cache=False)
