@@ -16,6 +16,7 @@ DESCRIPTION = (
     "(2) validate / test: evaluate a checkpoint on the validation / test split (test prints the top-1 accuracy), "
     "e.g. `python -m vit test --config C --ckpt_path RUN/checkpoints/last.ckpt`; "
     "(3) predict: top-k labels for image files, `python -m vit predict a.png b.png --config C --ckpt_path CKPT` "
+    "(without --config and --ckpt_path: the digits ViT shipped with the package) "
     "(or --data.predict_paths '[a.png, b.png]'; --model.top_k K; --model.predict_output preds.csv); "
     "(4) attention: attention map or rollout of one image as a PNG overlay, "
     "`python -m vit attention IMAGE --checkpoint CKPT --out map.png` (see `python -m vit attention --help`); "
@@ -38,9 +39,10 @@ def attention_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="input image file (RGB for 3-channel models, grayscale for 1-channel ones)")
     p.add_argument(
         "--checkpoint",
-        required=True,
+        default=None,
         help="weights: a Lightning .ckpt from `python -m vit fit`, a save_pretrained directory or its "
-        "model.safetensors, or timm:<model name> (downloads timm's pretrained weights)",
+        "model.safetensors, or timm:<model name> (downloads timm's pretrained weights). "
+        "Default: the digits ViT shipped with the package",
     )
     p.add_argument("--out", default=None, help="output PNG (default: IMAGE's folder, <image name>.attention.png)")
     p.add_argument(
@@ -82,7 +84,9 @@ def attention_main(argv: list[str]) -> Path:
     from .weights import from_timm
 
     args = attention_parser().parse_args(argv)
-    if args.checkpoint.startswith("timm:"):
+    if args.checkpoint is None:
+        print("no --checkpoint: using the digits ViT shipped with the package", flush=True)
+    if args.checkpoint and args.checkpoint.startswith("timm:"):
         model = from_timm(args.checkpoint[len("timm:") :], pretrained=True).eval()
     else:
         model = load_classifier(args.checkpoint, ema=not args.no_ema)
@@ -124,9 +128,15 @@ def attention_main(argv: list[str]) -> Path:
 
 def _with_predict_paths(argv: list[str]) -> list[str]:
     """`predict a.png b.png --config ...`: leading positional paths become --data.predict_paths (appended last so
-    the DataModule class from --config is known when they are parsed)."""
+    the DataModule class from --config is known when they are parsed). Without --config and --ckpt_path, the
+    digits ViT shipped with the package predicts (its predict.yaml names the model and the preprocessing)."""
     if not argv or argv[0] != "predict":
         return argv
+    if not any(a.split("=")[0] in ("--config", "--ckpt_path") for a in argv):
+        from .shipped import DIGITS_DIR
+
+        print(f"no --config / --ckpt_path: using the digits ViT shipped with the package ({DIGITS_DIR})", flush=True)
+        argv = [*argv, "--config", str(DIGITS_DIR / "predict.yaml"), f"--model.pretrained={DIGITS_DIR}"]
     i = 1
     while i < len(argv) and not argv[i].startswith("-"):
         i += 1

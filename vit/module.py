@@ -25,6 +25,7 @@ from core_attention.io import check_writable, load_checkpoint, load_state_dict_c
 from core_attention.training import adamw_warmup_cosine
 
 from .model import VisionTransformer, ViTConfig
+from .shipped import DIGITS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -319,15 +320,15 @@ class ViTClassifier(pl.LightningModule):
         return model
 
 
-def load_classifier(path: str | Path, *, ema: bool = True) -> VisionTransformer:
+def load_classifier(path: str | Path | None = None, *, ema: bool = True) -> VisionTransformer:
     """A `VisionTransformer` from a Lightning checkpoint written by `python -m vit fit`, or a `save_pretrained`
-    dir/file.
+    dir/file; without a path, the digits ViT shipped in the package (`vit.shipped.DIGITS_DIR`).
 
     Lightning checkpoints are read with `weights_only=True`; EMA weights are used when the run kept them and `ema`.
     """
-    path = Path(path)
+    path = Path(DIGITS_DIR if path is None else path)
     if path.is_dir() or path.suffix == ".safetensors":
-        return VisionTransformer.from_pretrained(path)
+        return VisionTransformer.from_pretrained(path).eval()
     ckpt = load_checkpoint(path)
     hp = ckpt.get("hyper_parameters", {})
     if "arch" not in hp or "state_dict" not in ckpt:

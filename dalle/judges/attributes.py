@@ -42,6 +42,7 @@ from dalle.data.shapes import (
     canonical_caption,
     render,
 )
+from dalle.shipped import CLASSIFIER_DIR
 from vit import VisionTransformer, ViTConfig
 
 __all__ = [
@@ -193,9 +194,10 @@ class AttributeClassifier(nn.Module):
         return model.eval()
 
 
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> AttributeClassifier:
-    """A classifier from a ``save_pretrained`` folder/file or a Lightning ``.ckpt`` of ``fit-classifier``."""
-    path = Path(path)
+def load_classifier(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> AttributeClassifier:
+    """A classifier from a ``save_pretrained`` folder/file or a Lightning ``.ckpt`` of ``fit-classifier``; without a
+    path, the one shipped in the package (trained on 32 px images)."""
+    path = Path(CLASSIFIER_DIR if path is None else path)
     if path.suffix != ".ckpt":
         return AttributeClassifier.from_pretrained(path, map_location)
     from core_attention.io import load_checkpoint

@@ -38,6 +38,8 @@ from torch import Tensor
 
 from dalle.data.shapes import HELD_OUT_PAIRS, POSITIONS, SIZES, TRAIN_PAIRS, Scene, Shape, canonical_caption, render
 from dalle.judges.attributes import ATTRIBUTES, AttributeClassifier, scene_labels
+from dalle.shipped import CLASSIFIER_DIR, DALLE_DIR
+from dalle.shipped import IMAGE_SIZE as SHIPPED_IMAGE_SIZE
 
 if TYPE_CHECKING:
     from dalle.pipeline import Reranker
@@ -240,15 +242,15 @@ def evaluate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint",
-        required=True,
+        default=str(DALLE_DIR),
         help="the DALL·E to evaluate: a .ckpt written by `python -m dalle fit` "
-        "or an exported folder (as for `generate`)",
+        "or an exported folder (as for `generate`). Default: the shapes model shipped with the package",
     )
     p.add_argument(
         "--classifier",
         default=None,
         help="attribute classifier folder (save_pretrained). Trained there and cached if it holds none. "
-        "Default: runs/attribute_classifier_<image size>px",
+        "Default: the shipped one for 32 px models, else runs/attribute_classifier_<image size>px",
     )
     p.add_argument(
         "--classifier-steps",
@@ -320,7 +322,8 @@ def evaluate_main(argv: list[str]) -> int:
     model, tokenizer, vae = load_pipeline(args.checkpoint, map_location=device)
     model.eval()
     vae.eval()
-    classifier_dir = args.classifier or f"runs/attribute_classifier_{vae.image_size}px"
+    shipped = CLASSIFIER_DIR if vae.image_size == SHIPPED_IMAGE_SIZE else None
+    classifier_dir = args.classifier or shipped or f"runs/attribute_classifier_{vae.image_size}px"
     classifier = get_classifier(classifier_dir, vae.image_size, train_steps=args.classifier_steps, device=device)
     rerank, candidates = None, None
     if args.reranker is not None:
