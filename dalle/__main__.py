@@ -26,6 +26,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "generate_main",
         'images from text: generate "a red circle" -n 8 --checkpoint CKPT --out grid.png',
     ),
+    "app": (
+        "dalle.app",
+        "app_main",
+        "a local web app: text to image and image classification in the browser (pip install 'vit-dalle[app]')",
+    ),
     "convert-pretrained": (
         "dalle.pretrained",
         "convert_main",
