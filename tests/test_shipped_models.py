@@ -95,3 +95,23 @@ def test_dalle_with_reranker_still_draws_what_the_prompt_says() -> None:
     # Measured on this sample: 87.5% / 68.8% (14 and 11 of 16). Another CPU may round differently and draw other
     # tokens, so the bars leave room for two or three images more to go wrong; a broken model scores near 0%.
     assert held_in >= 0.75 and held_out >= 0.5, (held_in, held_out)
+
+
+def test_commands_work_without_a_checkpoint_and_say_which_model(tmp_path, monkeypatch, capsys) -> None:
+    """`python -m dalle generate PROMPT` and `python -m vit predict IMAGE` right after install, as the README shows;
+    they leave nothing in the working folder but what they were asked to write."""
+    import vit.__main__ as vit_cli
+    from dalle.demo import write_digit_image
+    from dalle.generate import generate_main
+
+    monkeypatch.chdir(tmp_path)
+    digit = write_digit_image(tmp_path / "digit.png")  # scikit-learn's last digit, an 8
+    vit_cli.main(["predict", str(digit)])
+    printed = capsys.readouterr().out
+    assert f"using the digits ViT shipped with the package ({DIGITS_DIR})" in printed
+    assert f"{digit}: 8 (" in printed and printed.count("(0.") == 5  # the top 5, best first
+    prompt = "a large red circle in the top left"
+    assert generate_main([prompt, "-n", "2", "--candidates", "4", "--rerank", "shapes", "--seed", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"using the shapes model shipped with the package ({DALLE_DIR})" in printed and "reranker scores" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit.png", "grid", "grid.png"]

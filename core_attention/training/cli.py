@@ -14,7 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..io import check_writable, load_checkpoint
@@ -130,6 +130,15 @@ class VitDalleCLI(LightningCLI):
             )
 
 
+class SaveFitConfig(SaveConfigCallback):
+    """Writes the run's config.yaml beside a fit run's logs; validate, test and predict leave folders as they were
+    (a predict with logging off would otherwise drop config.yaml into the working folder)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
 def cli_main(
     model_class: type[pl.LightningModule],
     datamodule_class: type[pl.LightningDataModule] | None = None,
@@ -158,6 +167,7 @@ def cli_main(
         args=args,
         run=run,
         trainer_defaults=defaults,
+        save_config_callback=SaveFitConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs or None,
     )
