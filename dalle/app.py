@@ -90,7 +90,7 @@ def load_text_to_image(args: argparse.Namespace) -> TextToImage:
     model, tokenizer, vae = load_pipeline(path, map_location=args.device)
     if args.bf16:
         model = model.to(torch.bfloat16)
-    defaults = replace(SHAPES_DEFAULTS, **(generation_defaults(path) if path.is_dir() else {}))  # generation.json
+    defaults = replace(SHAPES_DEFAULTS, **generation_defaults(path))  # the folder's generation.json, if any
     name = f"{path}" if args.checkpoint is not None else f"the shapes model shipped with the package ({path})"
     return pipeline_generator(model, tokenizer, vae, name=name, reranker=reranker, defaults=defaults)
 

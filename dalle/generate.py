@@ -135,7 +135,7 @@ def generate_main(argv: list[str]) -> int:
         return generate_pretrained_main(args)
     if args.checkpoint is None:
         print(f"no --checkpoint: using the shapes model shipped with the package ({DALLE_DIR})", flush=True)
-    defaults = generation_defaults(args.checkpoint) if args.checkpoint is None or Path(args.checkpoint).is_dir() else {}
+    defaults = generation_defaults(args.checkpoint)  # {} for a .ckpt or a folder without generation.json
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)

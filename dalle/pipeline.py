@@ -228,8 +228,8 @@ SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "guidance_scale")
 
 
 def generation_defaults(path: str | os.PathLike | None = None) -> dict[str, float]:
-    """The sampling settings an exported folder recommends in its ``generation.json`` ({} when it has none), e.g.
-    the shipped model's guidance 3 and top-p 0.9. `generate` uses them for the options the user did not give."""
+    """The sampling settings an exported folder recommends in its ``generation.json`` ({} when it has none, and for
+    a .ckpt), e.g. the shipped model's guidance 3 and top-p 0.9. `generate` uses them for the options not given."""
     file = Path(DALLE_DIR if path is None else path) / "generation.json"
     if not file.is_file():
         return {}

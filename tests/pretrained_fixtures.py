@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from dalle.transformer.bart import DalleBart, DalleBartConfig
@@ -40,3 +41,12 @@ def write_tiny_pretrained(path: Path) -> Path:
         )
     ).save_pretrained(path / "vqgan")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """min-dalle-sized comparisons and tiny models run faster and more repeatably on one thread; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

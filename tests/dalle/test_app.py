@@ -13,7 +13,7 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the web app needs Gradio: pip install 'vit-dalle[app]'")
 
-from pretrained_fixtures import write_tiny_pretrained  # noqa: E402
+from pretrained_fixtures import one_thread, write_tiny_pretrained  # noqa: E402, F401 (one_thread: a fixture)
 
 from dalle.app import app_main, app_parser, load_text_to_image  # noqa: E402
 from dalle.app_ui import (  # noqa: E402
@@ -33,12 +33,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 DALLE_CKPT, VIT_CKPT = FIXTURES / "dalle_v0.1.ckpt", FIXTURES / "vit_v0.1.ckpt"  # 16 px images; 8 px digits
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/pretrained_fixtures.py
 
 
 def brightness(prompts: list[str], images: torch.Tensor) -> torch.Tensor:

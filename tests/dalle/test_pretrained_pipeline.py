@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from pretrained_fixtures import write_tiny_pretrained
+from pretrained_fixtures import one_thread, write_tiny_pretrained  # noqa: F401 (one_thread: a fixture)
 from safetensors import safe_open
 
 from dalle.generate import generate_main
@@ -15,13 +15,7 @@ from dalle.pretrained import convert_main, generate_pretrained, load_pretrained
 from dalle.transformer.bart import DalleBart, DalleBartConfig
 from dalle.vae.vqgan import VQGAN, VQGANConfig
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/pretrained_fixtures.py
 
 
 @pytest.fixture(scope="module")
