@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,18 +32,8 @@ import open_clip  # noqa: E402
 from open_clip.model import CLIP as OpenClipCLIP  # noqa: E402
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 
+from core_attention.hardware import cpu_flags  # noqa: E402
 from vit.clip import CLIP, config_from_state_dict, load_open_clip_weights  # noqa: E402
-
-
-def cpu_flags() -> str:
-    """lscpu's vector-extension flags (avx*, amx*): what the matmul kernels can use on this CPU."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "lscpu unavailable"
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
-    flags = sorted(set(re.findall(r"\b(avx\w*|amx\w*)\b", text)))
-    return f"{model}; flags: {' '.join(flags) or 'no avx/amx'}"
 
 
 def reference(name: str, tiny: bool) -> OpenClipCLIP:

@@ -1,18 +1,21 @@
 """Image tokens per second of ``DALLE.generate`` on the reference configuration (random weights).
 
-    python benchmarks/generate.py                  # all rows: cache / no cache x fp32 / bf16 x guidance off / on
-    python benchmarks/generate.py --repeats 7 --no-uncached
+    python benchmarks/generate.py                  # all rows: eager / compiled / no cache x fp32 / bf16 x guidance
+    python benchmarks/generate.py --repeats 7 --no-uncached --dtypes fp32
+    python benchmarks/generate.py --device cuda    # on a GPU
 
 Reference: 12 layers, dim 512, 8 heads x 64, text 32 tokens, 8 x 8 = 64 image tokens, text vocab 1000, image vocab 512,
 batch 4. Each row is the median of --repeats runs of one whole ``generate`` call (text prefill included). "Tokens"
 counts the images' tokens (batch x 64); with guidance each step runs 2 x batch rows.
 
-The references are measured in the same run, taking turns with ours so that the machine's drift hits all alike:
-- "F.linear": the same cached ``generate`` with the decoding-step product of ``core_attention.linear`` turned off
+"compiled" is ``generate(compile=True)``: the decoding step compiled once (its compile time is printed, and not in
+the figure) and then reused by every timed call. The references are measured in the same run, taking turns with ours
+so that the machine's drift hits all alike:
+- "F.linear": the same eager ``generate`` with the decoding-step product of ``core_attention.linear`` turned off
   (``MAX_FAST_ROWS = 0``), i.e. every projection as ``F.linear``: what the step costs without it.
 - "read floor": the time to read every weight once (a sum over each weight tensor). A cached step reads all the
-  weights, so this is about what the machine's memory allows; cached tok/s ÷ floor tok/s is how close we are.
-  "products" is the step's matrix products alone, as ``linear`` runs them: the rest of the step is overhead.
+  weights, so this is about what the machine's memory allows; tok/s ÷ floor tok/s is how close we are.
+  "products" is the step's matrix products alone, as eager ``linear`` runs them: the rest of the step is overhead.
 
 Threads: torch's default (all cores) unless OMP_NUM_THREADS / --threads says otherwise. Other processes on the
 machine change the figures a lot (and with more threads than idle cores, a lot more): the load average is printed;
@@ -34,6 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import core_attention.layers as layers  # noqa: E402
+from core_attention.compiled import compiled_step  # noqa: E402
+from core_attention.hardware import cpu_flags, native_bf16  # noqa: E402
 from dalle.transformer.model import DALLE, DALLEConfig  # noqa: E402
 
 # DALLE-pytorch 1.6.6 on this configuration and the same 2-core CPU (fp32, cached, no guidance), the figure the
@@ -81,23 +86,30 @@ def plain_linear(run: Callable[[], object]) -> Callable[[], object]:
 REFERENCE_STEPS = 10  # decoding steps timed per call of a step reference
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step_references(model: DALLE, rows: int) -> dict[str, Callable[[], object]]:
     """One decoding step's weight reads alone ("read floor") and matrix products alone ("products"), `rows` rows."""
     linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] + [model.image_head]
     dtype = model.image_head.weight.dtype
-    inputs = {n: torch.randn(rows, 1, n, dtype=dtype) for n in {m.in_features for m in linears}}
+    inputs = {n: torch.randn(rows, 1, n, dtype=dtype, device=model.device) for n in {m.in_features for m in linears}}
 
     @torch.inference_mode()
     def read() -> None:
         for _ in range(REFERENCE_STEPS):
             for m in linears:
                 m.weight.sum()
+        sync(model.device)
 
     @torch.inference_mode()
     def products() -> None:
         for _ in range(REFERENCE_STEPS):
             for m in linears:
                 m(inputs[m.in_features])
+        sync(model.device)
 
     return {"read floor": read, "products": products}
 
@@ -108,40 +120,56 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per cached row (median reported)")
     p.add_argument("--uncached-repeats", type=int, default=1)
     p.add_argument("--no-uncached", action="store_true", help="skip the (slow) rows without cache")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--check", action="store_true", help="also check cached == uncached ids (fp32, same seed)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
-    base = DALLE(REFERENCE).eval()
+    base = DALLE(REFERENCE).eval().to(device)
     text = torch.randint(1, REFERENCE.text_vocab_size, (args.batch, REFERENCE.text_seq_len))
     n_tokens = args.batch * REFERENCE.image_seq_len
     n_params = sum(p.numel() for p in base.decoder.parameters()) + base.image_head.weight.numel()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
+    print(f"CPU: {cpu_flags()}" + (f"; native bf16 on {device}: {native_bf16(device)}" if device.type != "cpu" else ""))
     print(
         f"reference DALLE: {n_params / 1e6:.1f}M parameters read per step, batch {args.batch}, "
         f"{REFERENCE.image_seq_len} image tokens"
     )
     print(load())
 
-    rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+    rows, ids = [], {}
+    for name in args.dtypes:
+        dtype = torch.float32 if name == "fp32" else torch.bfloat16
         model = DALLE(REFERENCE).eval()
         model.load_state_dict(base.state_dict())
-        model = model.to(dtype)
-        name = "fp32" if dtype == torch.float32 else "bf16"
+        model = model.to(device, dtype)
         for guided in (False, True):
             scale = args.guidance_scale if guided else 1.0
-            ours = lambda m=model, s=scale: m.generate(text, seed=0, guidance_scale=s)  # noqa: E731
+
+            def ours(m: DALLE = model, s: float = scale, compile: bool = False) -> torch.Tensor:
+                out = m.generate(text, seed=0, guidance_scale=s, top_k=64, compile=compile)
+                sync(device)
+                return out
+
             runs = {"cached": ours, **step_references(model, args.batch * (2 if guided else 1))}
-            if dtype == torch.float32:  # bf16 projections take F.linear anyway
+            if dtype == torch.float32 and device.type == "cpu":  # the decoding-step product is for fp32 on CPU
                 runs["F.linear"] = plain_linear(ours)
+            compile_s = None
+            if not args.no_compile:
+                ids[name, guided, "compiled"] = ours(compile=True)  # compiles once (logged) before the timing
+                compile_s = sum(compiled_step(model, "decode_step").compile_seconds.values())
+                runs["compiled"] = lambda o=ours: o(compile=True)
+            ids[name, guided, "cached"] = ours()
             t = time_interleaved(runs, args.repeats)
             for ref in ("read floor", "products"):  # REFERENCE_STEPS steps per call -> the 64 steps of an image
                 t[ref] *= REFERENCE.image_seq_len / REFERENCE_STEPS
@@ -149,13 +177,13 @@ def main() -> None:
                 uncached = lambda m=model, s=scale: m.generate(text, seed=0, guidance_scale=s, use_cache=False)  # noqa: E731
                 t.update(time_interleaved({"uncached": uncached}, args.uncached_repeats))
             r = {k: n_tokens / v for k, v in t.items()}
-            rows.append((name, guided, r))
+            rows.append((name, guided, r, compile_s))
             print(
                 f"  {name} guidance={'on ' if guided else 'off'}: cached {r['cached']:6.1f} tok/s"
+                + (f", compiled {r['compiled']:6.1f} (compile {compile_s:.0f} s)" if "compiled" in r else "")
                 + (f", with F.linear {r['F.linear']:6.1f}" if "F.linear" in r else "")
                 + (f", uncached {r['uncached']:5.1f}" if "uncached" in r else "")
-                + f"; products alone {r['products']:6.1f}, read floor {r['read floor']:6.1f} tok/s"
-                + f" ({r['cached'] / r['read floor']:.0%} of it)",
+                + f"; products alone {r['products']:6.1f}, read floor {r['read floor']:6.1f} tok/s",
                 flush=True,
             )
 
@@ -163,21 +191,30 @@ def main() -> None:
         a = base.generate(text, seed=0, top_k=64)
         b = base.generate(text, seed=0, top_k=64, use_cache=False)
         print(f"cached == uncached ids (fp32, seed 0): {torch.equal(a, b)}")
+    for (name, guided, kind), value in ids.items():
+        if kind == "compiled":
+            same = torch.equal(value, ids[name, guided, "cached"])
+            print(f"compiled == eager ids ({name}, guidance {'on' if guided else 'off'}, seed 0): {same}")
+    for guided in (False, True):
+        if ("bf16", guided, "cached") in ids and ("fp32", guided, "cached") in ids:
+            agree = (ids["bf16", guided, "cached"] == ids["fp32", guided, "cached"]).float().mean().item()
+            print(f"bf16 vs fp32 ids, guidance {'on' if guided else 'off'}: {agree:.0%} of tokens agree (seed 0)")
 
     print()
     print(
-        "| dtype | guidance | cached tok/s | with F.linear | uncached | cache speed-up | products alone | read floor "
-        "| cached / floor | vs DALLE-pytorch (16 tok/s) |"
+        "| dtype | guidance | eager tok/s | compiled tok/s (compile s) | with F.linear | uncached | products alone "
+        "| read floor | eager / floor | compiled / floor | vs DALLE-pytorch (16 tok/s) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, guided, r in rows:
-        c, u, plain = r["cached"], r.get("uncached"), r.get("F.linear")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, guided, r, compile_s in rows:
+        c, u, plain, comp = r["cached"], r.get("uncached"), r.get("F.linear"), r.get("compiled")
+        best, floor = max(c, comp or 0), r["read floor"]
         print(
             f"| {name} | {'on (2x rows)' if guided else 'off'} | {c:.0f} | "
-            f"{f'{plain:.0f} (ours x{c / plain:.2f})' if plain else '-'} | {f'{u:.1f}' if u else '-'} | "
-            f"{f'{c / u:.1f}x' if u else '-'} | {r['products']:.0f} | {r['read floor']:.0f} | "
-            f"{c / r['read floor']:.0%} | "
-            f"{c / DALLE_PYTORCH_TOKENS_PER_S:.1f}x |"
+            f"{f'{comp:.0f} ({compile_s:.0f})' if comp else '-'} | "
+            f"{f'{plain:.0f} (eager x{c / plain:.2f})' if plain else '-'} | {f'{u:.1f}' if u else '-'} | "
+            f"{r['products']:.0f} | {floor:.0f} | {c / floor:.0%} | {f'{comp / floor:.0%}' if comp else '-'} | "
+            f"{best / DALLE_PYTORCH_TOKENS_PER_S:.1f}x |"
         )
     print(load())
 

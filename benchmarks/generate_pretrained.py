@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core_attention.hardware import cpu_flags  # noqa: E402
 from dalle.transformer.bart import DalleBart  # noqa: E402
 from dalle.transformer.bart_weights import build, config_from_state, min_dalle_to_ours  # noqa: E402
 
@@ -78,17 +78,6 @@ def peak_rise(run: Callable[[], object], device: torch.device) -> tuple[float, i
     done.set()
     watcher.join()
     return seconds, max(peak[0], rss() - base)
-
-
-def cpu_flags() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "lscpu unavailable"
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
-    wanted = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
-    return f"{model}; flags: {' '.join(wanted) or 'none of avx*/amx*'}"
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from .attention import MultiHeadAttention, attend
 from .block import TransformerBlock
 from .cache import DecoderCache, KVCache
+from .compiled import CompiledStep, compiled_step
 from .glu import GluMlp
 from .layers import DropPath, LayerScale, Linear, Mlp, QuickGELU, init_weights
 from .masks import causal_mask, key_padding_mask, mask_to_text
@@ -23,6 +24,7 @@ from .stacks import Decoder, Encoder
 
 __all__ = [
     "AxialRotaryEmbedding",
+    "CompiledStep",
     "Decoder",
     "DecoderCache",
     "DropPath",
@@ -43,6 +45,7 @@ __all__ = [
     "TransformerBlock",
     "apply_rotary",
     "causal_mask",
+    "compiled_step",
     "grid_coords",
     "init_weights",
     "key_padding_mask",

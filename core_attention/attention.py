@@ -138,6 +138,7 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         rope: tuple[Tensor, Tensor] | None = None,
         cache: KVCache | None = None,
+        cache_position: Tensor | None = None,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, Lq, dim); context: (B, Lk, dim) or None. Returns (B, Lq, dim) [and weights (B, H, Lq, Lk)].
@@ -149,6 +150,9 @@ class MultiHeadAttention(nn.Module):
         With a `cache`, the new keys/values are appended and the queries attend to everything cached so far;
         `is_causal` then aligns the causal mask to the lower right (query i sits at position cached + i).
         A cross-attention cache is filled from `context` on first use and reused afterwards (pass context=None then).
+        `cache_position` (Lq,), with a self-attention cache: the fixed-shape step of a compiled decoder. The new keys
+        and values are written there and the queries attend to the whole cache, keys after their own position
+        masked out (and `mask`, if given, must span the whole cache: (Lq, max_len)).
         """
         b, lq, _ = x.shape
         self._check_inputs(x, context, mask)
@@ -167,7 +171,15 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self._project_qkv(x)
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-            if cache is not None:
+            if cache is not None and cache_position is not None:
+                k, v = cache.write(k, v, cache_position)
+                seen = torch.arange(cache.max_len, device=x.device) <= cache_position[:, None]  # (Lq, Lmax)
+                if mask is None or mask.dtype == torch.bool:
+                    mask = seen if mask is None else mask & seen
+                else:
+                    mask = mask.masked_fill(~seen, float("-inf"))
+                is_causal = False
+            elif cache is not None:
                 k, v = cache.update(k, v)
         k, v = k.to(q.dtype), v.to(q.dtype)  # no-op unless a cache was allocated in another dtype
         lk, groups = k.shape[2], (b // k.shape[0] if k.shape[0] else 1)  # an empty batch: nothing to share

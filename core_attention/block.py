@@ -77,10 +77,15 @@ class TransformerBlock(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
+        cache_position: Tensor | None = None,
     ) -> Tensor:
         """x: (B, L, dim); context: (B, Lc, dim) for the cross-attention branch. Returns (B, L, dim)."""
         x = x + self.drop_path1(
-            self.ls1(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache))
+            self.ls1(
+                self.attn(
+                    self.norm1(x), mask=mask, is_causal=is_causal, rope=rope, cache=cache, cache_position=cache_position
+                )
+            )
         )
         if self.cross_attn is not None:
             if context is None and (cross_cache is None or cross_cache.length == 0):

@@ -12,6 +12,10 @@ class KVCache:
     `update(k, v)` writes the new positions and returns views of everything cached so far, so a decoding
     step costs one copy of the new keys/values and no reallocation. A cache used for cross-attention is
     filled once from the context and then only read (`static=True`).
+
+    `write(k, v, position)` is the fixed-shape update a compiled decoding step needs: it writes at a position given
+    as a tensor and returns the whole buffers, which the caller masks beyond the position. The buffers start as
+    zeros for that (masked keys still meet their values in the product; garbage memory could hold NaN).
     """
 
     def __init__(
@@ -62,6 +66,16 @@ class KVCache:
         self.v[:, :, self.length : end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def write(self, k: Tensor, v: Tensor, position: Tensor) -> tuple[Tensor, Tensor]:
+        """Write `k, v` (B, Hkv, n, D) at the positions `position` (n,) and return the whole buffers (B, Hkv, Lmax, D).
+
+        Shapes never change from one step to the next and no Python number follows the position, so one compiled
+        graph serves every step. `length` is left alone: the caller knows where it writes.
+        """
+        self.k.index_copy_(2, position, k.to(self.k.dtype))
+        self.v.index_copy_(2, position, v.to(self.v.dtype))
+        return self.k, self.v
 
     def get(self) -> tuple[Tensor, Tensor]:
         return self.k[:, :, : self.length], self.v[:, :, : self.length]

@@ -19,7 +19,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     dotted with every x row) as for x Wᵀ: `benchmarks/generate.py`'s 4 rows x 38M weights read at ~9 GB/s instead
     of ~4.5. It is the same product, so the same numbers up to float rounding, returned as a transposed view;
     elementwise ops, residual adds and the next `linear` (which copies its input to rows) all take it as it is.
-    Other devices and dtypes, autocast, and inputs of more than MAX_FAST_ROWS rows go to `F.linear`.
+    Other devices and dtypes, autocast, inputs of more than MAX_FAST_ROWS rows and compiled graphs go to `F.linear`.
     """
     if (
         x.numel() > MAX_FAST_ROWS * x.shape[-1]  # cheapest tests first: this runs for every projection of every step
@@ -27,6 +27,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         or not x.is_cpu
         or not x.numel()
         or torch.is_autocast_enabled("cpu")
+        or torch.compiler.is_compiling()  # inductor picks its own kernel for the product (see core_attention.compiled)
     ):
         return F.linear(x, weight, bias)
     *lead, n_in = x.shape

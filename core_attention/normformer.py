@@ -52,9 +52,12 @@ class NormFormerBlock(nn.Module):
         context_mask: Tensor | None = None,
         cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
+        cache_position: Tensor | None = None,
     ) -> Tensor:
         """x: (B, L, dim); context: (B, Lc, dim) for the cross-attention branch. Returns (B, L, dim)."""
-        x = x + self.post_norm1(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, cache=cache))
+        x = x + self.post_norm1(
+            self.attn(self.norm1(x), mask=mask, is_causal=is_causal, cache=cache, cache_position=cache_position)
+        )
         if self.cross_attn is not None:
             attended = self.cross_attn(self.norm_cross(x), context, mask=context_mask, cache=cross_cache)
             x = x + self.post_norm_cross(attended)

@@ -47,7 +47,11 @@ class SinusoidalPositionalEncoding(nn.Module):
         super().__init__()
         self.register_buffer("table", sinusoidal_table(max_len, dim), persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """x: (B, L, dim) at positions offset.. offset + L; a tensor offset (1,) (a compiled decoding step's
+        position) selects the rows without a Python number, so one graph serves every position."""
+        if isinstance(offset, Tensor):
+            return x + self.weight.index_select(0, offset + torch.arange(x.shape[1], device=x.device))
         end = offset + x.shape[1]
         if end > self.table.shape[0]:
             raise ValueError(
@@ -63,7 +67,11 @@ class LearnedPositionalEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(max_len, dim) * init_std)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """x: (B, L, dim) at positions offset.. offset + L; a tensor offset (1,) (a compiled decoding step's
+        position) selects the rows without a Python number, so one graph serves every position."""
+        if isinstance(offset, Tensor):
+            return x + self.weight.index_select(0, offset + torch.arange(x.shape[1], device=x.device))
         end = offset + x.shape[1]
         if end > self.weight.shape[0]:
             raise ValueError(

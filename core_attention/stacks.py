@@ -94,7 +94,8 @@ class Decoder(_Stack):
 
     Causality comes from `is_causal` unless `mask` is given; an explicit mask (one tensor, or one per layer for
     sparse patterns) must itself be causal. With a `DecoderCache`, x holds only the new positions and the mask
-    (if any) holds their rows: (Lq, cache.length + Lq).
+    (if any) holds their rows: (Lq, cache.length + Lq). With `cache_position` (the fixed-shape step of a compiled
+    decoder, see `MultiHeadAttention.forward`) a mask holds whole-cache rows instead: (Lq, max_len).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, cross_attention: bool = True, **kwargs) -> None:
@@ -133,6 +134,7 @@ class Decoder(_Stack):
         context_mask: Tensor | None = None,
         rope: tuple[Tensor, Tensor] | None = None,
         cache: DecoderCache | None = None,
+        cache_position: Tensor | None = None,
     ) -> Tensor:
         masks = list(mask) if isinstance(mask, (list, tuple)) else [mask] * len(self.blocks)
         if len(masks) != len(self.blocks):
@@ -148,5 +150,6 @@ class Decoder(_Stack):
                 rope=rope,
                 cache=cache.self_attn[i] if cache is not None else None,
                 cross_cache=cache.cross_attn[i] if cache is not None and cache.cross_attn is not None else None,
+                cache_position=cache_position,
             )
         return self.norm(x)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dalle.generation import add_speed_options, speed_options
+
 if TYPE_CHECKING:
     from dalle.app_ui import TextToImage
 
@@ -67,7 +69,7 @@ def app_parser() -> argparse.ArgumentParser:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="device of the text-to-image model (default: cuda when available, else cpu)",
     )
-    p.add_argument("--bf16", action="store_true", help="run the text-to-image transformer in bfloat16")
+    add_speed_options(p)
     return p
 
 
@@ -77,22 +79,23 @@ def load_text_to_image(args: argparse.Namespace) -> TextToImage:
     from dalle.pipeline import generation_defaults, load_pipeline, load_reranker
     from dalle.shipped import DALLE_DIR
 
+    dtype = speed_options(args)
     rerank = args.rerank or ("shapes" if args.checkpoint is None and args.pretrained is None else None)
     reranker = load_reranker(rerank, args.rerank_checkpoint) if rerank else None
     if args.pretrained is not None:
         from dalle.pretrained import load_pretrained
 
-        pipe = load_pretrained(
-            args.pretrained, dtype=torch.bfloat16 if args.bf16 else torch.float32, device=args.device
-        )
-        return pretrained_generator(pipe, name=f"DALL·E {str(args.pretrained).title()}", reranker=reranker)
+        pipe = load_pretrained(args.pretrained, dtype=dtype, device=args.device)
+        name = f"DALL·E {str(args.pretrained).title()}"
+        return pretrained_generator(pipe, name=name, reranker=reranker, compile=args.compile)
     path = Path(args.checkpoint) if args.checkpoint is not None else DALLE_DIR
     model, tokenizer, vae = load_pipeline(path, map_location=args.device)
-    if args.bf16:
-        model = model.to(torch.bfloat16)
+    model = model.to(dtype)
     defaults = replace(SHAPES_DEFAULTS, **generation_defaults(path))  # the folder's generation.json, if any
     name = f"{path}" if args.checkpoint is not None else f"the shapes model shipped with the package ({path})"
-    return pipeline_generator(model, tokenizer, vae, name=name, reranker=reranker, defaults=defaults)
+    return pipeline_generator(
+        model, tokenizer, vae, name=name, reranker=reranker, defaults=defaults, compile=args.compile
+    )
 
 
 def app_main(argv: list[str]) -> int:

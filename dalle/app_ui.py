@@ -79,8 +79,10 @@ def pipeline_generator(
     name: str,
     reranker: Reranker | None = None,
     defaults: Sampling = SHAPES_DEFAULTS,
+    compile: bool = False,
 ) -> TextToImage:
-    """A model `dalle.pipeline.load_pipeline` loads: a DALL·E trained here, or DALL·E Mini / Mega."""
+    """A model `dalle.pipeline.load_pipeline` loads: a DALL·E trained here, or DALL·E Mini / Mega. `compile`: the
+    decoding step compiled (each new number of images compiles once, then stays fast)."""
 
     def sample(prompt: str, s: Sampling, progress: Progress | None) -> GenerationResult:
         return generate_images(
@@ -97,14 +99,19 @@ def pipeline_generator(
             guidance_scale=s.guidance_scale,
             seed=s.seed,
             progress=progress,
+            compile=compile,
         )
 
     return TextToImage(name, sample, reranker, defaults)
 
 
-def pretrained_generator(pipe: Pretrained, *, name: str, reranker: Reranker | None = None) -> TextToImage:
+def pretrained_generator(
+    pipe: Pretrained, *, name: str, reranker: Reranker | None = None, compile: bool = False
+) -> TextToImage:
     """DALL·E Mini / Mega (`dalle.pretrained.load_pretrained`), with min-dalle's sampling defaults."""
-    return pipeline_generator(pipe.model, pipe.tokenizer, pipe.vqgan, name=name, reranker=reranker, defaults=MINI)
+    return pipeline_generator(
+        pipe.model, pipe.tokenizer, pipe.vqgan, name=name, reranker=reranker, defaults=MINI, compile=compile
+    )
 
 
 # ------------------------------------------------------------------------------------------------- the handlers

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from core_attention.io import check_writable
-from dalle.generation import load_prime_image, load_reranker, save_images
+from dalle.generation import add_speed_options, load_prime_image, load_reranker, save_images, speed_options
 from dalle.pipeline import generate_images, generation_defaults, load_pipeline
 from dalle.pretrained import generate_pretrained_main
 from dalle.shipped import DALLE_DIR
@@ -125,7 +125,7 @@ def generate_parser() -> argparse.ArgumentParser:
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="device to generate on (default: cuda when available, else cpu)",
     )
-    p.add_argument("--bf16", action="store_true", help="run the transformer in bfloat16")
+    add_speed_options(p)
     return p
 
 
@@ -142,9 +142,9 @@ def generate_main(argv: list[str]) -> int:
     check_writable(args.out, what="grid image (--out)")  # before the model loads and samples, not after
     check_writable(args.individual_dir or Path(args.out).with_suffix(""), folder=True, what="folder of single images")
     device = torch.device(args.device)
+    dtype = speed_options(args)
     model, tokenizer, vae = load_pipeline(args.checkpoint, map_location=device)
-    if args.bf16:
-        model = model.to(torch.bfloat16)
+    model = model.to(dtype)
     prime = load_prime_image(args.prime_image, vae.image_size, args.prime_resize) if args.prime_image else None
     rerank = load_reranker(args.rerank, args.rerank_checkpoint) if args.rerank else None
     result = generate_images(
@@ -165,6 +165,7 @@ def generate_main(argv: list[str]) -> int:
         prime_rows=args.prime_rows,
         unconditional=args.unconditional,
         use_cache=not args.no_cache,
+        compile=args.compile,
     )
     paths = save_images(result.images, args.out, individual_dir=args.individual_dir)
     print(f"seed {result.seed}: wrote the grid {paths[0]} and {len(paths) - 1} images in {paths[1].parent}")

@@ -8,7 +8,10 @@ better (e.g. CLIP or a contrastive text-image model); ``--rerank module:function
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from core_attention.hardware import emulated_bf16_note, resolve_dtype
 from dalle.shipped import RERANKER_DIR
 from dalle.vae.dvae import DiscreteVAE
 from dalle.vae.vqgan import VQGAN
@@ -23,12 +27,14 @@ from dalle.vae.vqgan import VQGAN
 __all__ = [
     "GenerationResult",
     "Reranker",
+    "add_speed_options",
     "check_prompts",
     "keep_best",
     "load_prime_image",
     "load_reranker",
     "prime_ids",
     "save_images",
+    "speed_options",
 ]
 
 Reranker = Callable[[list[str], Tensor], Tensor]
@@ -176,3 +182,35 @@ def load_prime_image(path: str, size: int, resize: bool) -> Tensor:
             )
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return pil_to_tensor(image).float() / 255
+
+
+def add_speed_options(p: argparse.ArgumentParser) -> None:
+    """--dtype (with --bf16 as its shorthand) and --compile: the options of every command that generates."""
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="dtype of the text-to-image transformer; auto (default): bf16 where the device computes it natively "
+        "(GPUs, CPUs with AVX-512-BF16 / AMX), else fp32",
+    )
+    p.add_argument("--bf16", dest="dtype", action="store_const", const="bf16", help="same as --dtype bf16")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decoding step (torch.compile): about a minute first, once per process, then faster steps",
+    )
+
+
+def speed_options(args: argparse.Namespace) -> torch.dtype:
+    """The dtype `add_speed_options`' flags ask for on args.device; says so when bf16 is emulated there, and shows
+    the compile log line with --compile."""
+    dtype = resolve_dtype(args.dtype, args.device)
+    note = emulated_bf16_note(dtype, args.device)
+    if note is not None:
+        print(note, file=sys.stderr)
+    if args.compile:
+        logger = logging.getLogger("core_attention.compiled")
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            logger.addHandler(logging.StreamHandler())
+    return dtype

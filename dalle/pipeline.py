@@ -81,13 +81,15 @@ def generate_images(
     prime_rows: int = 0,
     unconditional: bool = False,
     use_cache: bool = True,
+    compile: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
     """`num_images` images per prompt. With a `rerank` callable, `candidates` (>= num_images) are sampled per prompt and
     the `num_images` best-scored kept, best first. `batch_size` images (x2 with guidance) run per forward pass.
     `progress(done, total)` is called after each sampled token position with the image tokens sampled so far.
-    DALL·E Mini / Mega (``load_pipeline("mini")``) sample with `dalle.pretrained.generate_pretrained`; min-dalle's
-    settings for them are ``top_k=256, guidance_scale=16``."""
+    `compile` runs the decoding step compiled (the same images; the first batch of each size compiles, once per
+    process). DALL·E Mini / Mega (``load_pipeline("mini")``) sample with `dalle.pretrained.generate_pretrained`;
+    min-dalle's settings for them are ``top_k=256, guidance_scale=16``."""
     guided = guidance_scale != 1.0
     prompts = check_prompts(prompts, allow_empty=unconditional or guided)
     check_sampling_args(temperature, top_k, top_p, guidance_scale)
@@ -120,6 +122,7 @@ def generate_images(
             prime_image=prime_image,
             prime_rows=prime_rows,
             progress=progress or False,
+            compile=compile,
         )
         return keep_best(result, rerank, num_images) if rerank is not None else result
     if model.config.image_vocab_size != vae.num_tokens or model.config.image_grid_size != vae.grid_size:
@@ -156,6 +159,7 @@ def generate_images(
             generator=generator,
             prime=None if prime is None else prime[start:end],
             use_cache=use_cache,
+            compile=compile,
             on_step=on_step,
         ).cpu()
     images = torch.cat([decode(vae, ids[s : s + batch_size]) for s in range(0, total, batch_size)])  # (P*C, 3, H, W)

@@ -30,6 +30,7 @@ from dalle.generation import (
     load_reranker,
     prime_ids,
     save_images,
+    speed_options,
 )
 from dalle.transformer.bart import DalleBart, DalleBartConfig
 from dalle.transformer.bart_tokenizer import BartTokenizer
@@ -174,11 +175,13 @@ def generate_pretrained(
     prime_rows: int = 0,
     progress: bool | Callable[[int, int], None] = False,
     top_p: float | None = None,
+    compile: bool = False,
 ) -> GenerationResult:
     """`num_images` images per prompt, `batch_size` images (x2 with guidance) per decoding pass. The defaults are
     min-dalle's (temperature 1, top-k 256, super-conditioning 16). `prime_image` ((3, 256, 256) in [0, 1]) keeps its
     top `prime_rows` token rows (16 px each) and completes the rest (needs the VQGAN encoder: the flax weights).
-    `progress`: True shows a progress bar; a callable gets (image tokens sampled so far, total) after each position."""
+    `progress`: True shows a progress bar; a callable gets (image tokens sampled so far, total) after each position.
+    `compile` runs the decoding step compiled (`DalleBart.generate`)."""
     prompts = check_prompts(prompts, allow_empty=True)
     if num_images < 1 or batch_size < 1:
         raise ValueError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
@@ -225,6 +228,7 @@ def generate_pretrained(
                 generator=generator,
                 prime=None if prime is None else prime[start:end],
                 on_step=lambda _, n=end - start: step(n),
+                compile=compile,
             ).cpu()
     images = torch.cat([pipe.vqgan.decode(ids[s : s + batch_size]).cpu() for s in range(0, total, batch_size)])
     P = len(prompts)
@@ -241,8 +245,7 @@ def generate_pretrained_main(args: argparse.Namespace) -> int:
     if candidates < args.num_images or (candidates > args.num_images and not args.rerank):
         raise SystemExit(f"python -m dalle generate: --candidates {candidates} needs --rerank and -n <= {candidates}")
     rerank = load_reranker(args.rerank, args.rerank_checkpoint) if args.rerank else None  # fails before sampling
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
-    pipe = load_pretrained(args.pretrained, dtype=dtype, device=args.device)
+    pipe = load_pretrained(args.pretrained, dtype=speed_options(args), device=args.device)
     prime = load_prime_image(args.prime_image, pipe.vqgan.image_size, args.prime_resize) if args.prime_image else None
     result = generate_pretrained(
         pipe,
@@ -257,6 +260,7 @@ def generate_pretrained_main(args: argparse.Namespace) -> int:
         prime_image=prime,
         prime_rows=args.prime_rows,
         progress=True,
+        compile=args.compile,
     )
     if rerank is not None:
         result = keep_best(result, rerank, args.num_images)

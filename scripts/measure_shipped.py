@@ -11,13 +11,12 @@ ships from.
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import time
 from pathlib import Path
 
 import torch
 
+from core_attention.hardware import cpu_flags
 from dalle.data.shapes import ShapesDataset
 from dalle.judges.attributes import load_classifier as load_attribute_classifier
 from dalle.judges.evaluate import evaluate, prompt_scenes
@@ -34,12 +33,6 @@ SOURCES = {  # shipped folder -> the fp32 export it was made from (scripts/ship_
     CLASSIFIER_DIR: Path("runs/attribute_classifier_32px"),
     DIGITS_DIR: Path("runs/vit_digits/checkpoints/last.ckpt"),
 }
-
-
-def cpu_flags() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    found = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16|amx_tile)\b", flags)))
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, flags: {' '.join(found)}"
 
 
 def vit_accuracy(path: Path) -> float:
@@ -92,7 +85,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="prompts per set (held-in, held-out)")
     parser.add_argument("--candidates", type=int, default=16, help="samples per prompt; the reranker keeps 4")
     args = parser.parse_args()
-    print(cpu_flags())
+    print(f"{cpu_flags()}; {torch.get_num_threads()} threads")
     rows = []
     for label, shipped in (("fp32 (the recipes' exports)", False), ("fp16 (shipped)", True)):
         pick = (lambda p: p) if shipped else SOURCES.get

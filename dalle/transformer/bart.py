@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from core_attention import DecoderCache, KVCache, LearnedPositionalEmbedding, Linear, NormFormerBlock
+from core_attention import DecoderCache, KVCache, LearnedPositionalEmbedding, Linear, NormFormerBlock, compiled_step
 from dalle.transformer.sampling import check_sampling_args, filter_logits, guide_logits
 
 __all__ = ["ARCHITECTURE", "DalleBart", "DalleBartConfig", "sample_image_tokens"]
@@ -113,7 +113,7 @@ class _Stack(nn.Module):
         )
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
 
-    def embed(self, ids: Tensor, offset: int = 0) -> Tensor:
+    def embed(self, ids: Tensor, offset: int | Tensor = 0) -> Tensor:
         return self.norm_embed(self.embed_positions(self.embed_tokens(ids), offset))  # (B, L, D)
 
 
@@ -134,11 +134,21 @@ class ImageDecoder(_Stack):
         super().__init__(c, c.image_vocab_size + 1, c.image_seq_len, c.decoder_depth, cross_attention=True)
 
     def forward(
-        self, ids: Tensor, context: Tensor | None, context_mask: Tensor, *, cache: DecoderCache | None = None
+        self,
+        ids: Tensor,
+        context: Tensor | None,
+        context_mask: Tensor,
+        *,
+        cache: DecoderCache | None = None,
+        cache_position: Tensor | None = None,
     ) -> Tensor:
-        """ids: (B, L) decoder inputs at positions cache.length.. (0 without a cache); context: (B, T, D) encoder
-        output (None once the cache's cross-attention keys/values are filled). Returns (B, L, D)."""
-        x = self.embed(ids, cache.length if cache is not None else 0)
+        """ids: (B, L) decoder inputs at positions cache.length.. (0 without a cache), or at `cache_position` (L,)
+        (a compiled step's fixed shapes); context: (B, T, D) encoder output (None once the cache's cross-attention
+        keys/values are filled). Returns (B, L, D)."""
+        if cache_position is not None:
+            x = self.embed(ids, cache_position[0])
+        else:
+            x = self.embed(ids, cache.length if cache is not None else 0)
         for i, block in enumerate(self.blocks):
             x = block(
                 x,
@@ -147,6 +157,7 @@ class ImageDecoder(_Stack):
                 context_mask=context_mask,
                 cache=cache.self_attn[i] if cache is not None else None,
                 cross_cache=cache.cross_attn[i] if cache is not None else None,
+                cache_position=cache_position,
             )
         return self.norm(x)
 
@@ -221,6 +232,7 @@ class DalleBart(nn.Module):
         prime: Tensor | None = None,
         on_step: Callable[[int], None] | None = None,
         top_p: float | None = None,
+        compile: bool = False,
     ) -> Tensor:
         """Sample `num_images` image token sequences per prompt.
 
@@ -232,6 +244,8 @@ class DalleBart(nn.Module):
             generator: the random stream (same seed -> same ids). prime: (P * num_images, n) ids kept as the first
                 n tokens (the top n / 16 rows of an image), the rest is completed.
             on_step: called after each sampled token position (a progress bar).
+            compile: run the decoding step compiled (`core_attention.compiled`; the same ids as eager). The first
+                call per process and batch shape compiles (minutes on a CPU at the Mini size); later ones are faster.
         Returns:
             (P * num_images, N) image ids in [0, codebook_size).
         """
@@ -261,17 +275,25 @@ class DalleBart(nn.Module):
         start = torch.full((B, 1), c.start_token, dtype=torch.long, device=self.device)
         inputs = torch.cat([start, prime], dim=1)  # (B, 1 + n): start token and the kept tokens, in one pass
         h = self.decoder(inputs.repeat(rows // B, 1), context, context_mask, cache=cache)
+        logits = self.lm_head(h[:, -1])  # (R, V + 1): predicts image token n
         out = torch.empty(B, N, dtype=torch.long, device=self.device)
         out[:, :n] = prime
+        step = compiled_step(self, "decode_step") if compile else self.decode_step
         for j in range(n, N):
-            logits = self.lm_head(h[:, -1])  # (R, V + 1): predicts image token j
             token = sample_image_tokens(logits, c.codebook_size, temperature, top_k, guidance_scale, generator, top_p)
             out[:, j] = token
             if on_step is not None:
                 on_step(j)
-            if j < N - 1:
-                h = self.decoder(token[:, None].repeat(rows // B, 1), None, context_mask, cache=cache)
+            if j < N - 1:  # image token j is the decoder's input at position j + 1 (after the start token)
+                position = torch.tensor([j + 1], device=self.device)
+                logits = step(token.repeat(rows // B), position, context_mask, cache)
         return out
+
+    def decode_step(self, token: Tensor, position: Tensor, context_mask: Tensor, cache: DecoderCache) -> Tensor:
+        """One cached decoding step with fixed shapes (what `generate(compile=True)` compiles): token (R,) image ids
+        at decoder position `position` (1,), the cache filled before it. Returns (R, V + 1) logits of the next."""
+        h = self.decoder(token[:, None], None, context_mask, cache=cache, cache_position=position)
+        return self.lm_head(h[:, -1])
 
     # ------------------------------------------------------------------------------------------------ weights
 

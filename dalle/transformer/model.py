@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_attention import Decoder, LearnedPositionalEmbedding, Linear, init_weights
+from core_attention import Decoder, DecoderCache, LearnedPositionalEmbedding, Linear, compiled_step, init_weights
 from dalle.transformer.masks import dalle_mask
 from dalle.transformer.sampling import check_sampling_args, sample_logits
 
@@ -288,6 +288,7 @@ class DALLE(nn.Module):
         seed: int | None = None,
         prime: Tensor | None = None,
         use_cache: bool = True,
+        compile: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> Tensor:
         """Sample image token ids for each text row.
@@ -302,6 +303,8 @@ class DALLE(nn.Module):
             generator / seed: the random stream (same seed -> same ids). Neither: torch's global generator.
             prime: (B, n) or (B, rows, w) image ids to keep as the first n tokens (image priming).
             use_cache: decode incrementally with a preallocated KV cache (same ids as recomputing every prefix).
+            compile: run the decoding step compiled (`core_attention.compiled`; the same ids as eager). The first
+                call per process and batch size compiles, about a minute on a CPU; later calls decode faster.
             on_step: called with j after image token j of every row is sampled (a progress bar).
         Returns:
             (B, N) image token ids in raster order.
@@ -349,19 +352,33 @@ class DALLE(nn.Module):
         cache = self.decoder.init_cache(rows, c.seq_len, dtype=dtype, device=self.device)
         h = self.decoder(prefix, mask=self.layer_masks(0, prefix.shape[1]), cache=cache)
         logits = self.image_head(h[:, -1])  # (rows, V): predicts image token n
-        pos = self.image_pos()  # (N, dim), computed once
+        step = compiled_step(self, "decode_step") if compile else self.decode_step
         for j in range(n, N):
             token = sample(logits)  # (B,)
             out[:, j] = token
             if on_step is not None:
                 on_step(j)
-            if j == N - 1:
-                break
-            p = T + 1 + j  # input position that holds image token j
-            x = (self.image_emb(rows_of(token[:, None])) + pos[j]).to(prefix.dtype)  # (rows, 1, dim)
-            h = self.decoder(x, mask=self.layer_masks(p, p + 1), cache=cache)
-            logits = self.image_head(h[:, -1])
+            if j < N - 1:
+                position = torch.tensor([T + 1 + j], device=self.device)  # the input position of image token j
+                logits = step(rows_of(token), position, cache)
         return out
+
+    def decode_step(self, token: Tensor, position: Tensor, cache: DecoderCache) -> Tensor:
+        """One cached decoding step with fixed shapes (what `generate(compile=True)` compiles).
+
+        token: (rows,) image ids at input position `position` (a (1,) tensor: T + 1 + image index); cache: the
+        decoder's, filled up to that position. Returns (rows, image_vocab_size) logits of the next image token.
+        """
+        g = self.config.image_grid_size
+        j = position - (self.config.text_seq_len + 1)  # (1,): image index
+        pos = self.image_row_emb.index_select(0, j // g) + self.image_col_emb.index_select(0, j % g)  # (1, dim)
+        x = (self.image_emb(token[:, None]) + pos).to(self._dtype())  # (rows, 1, dim)
+        masks = [
+            None if kind == "full" else getattr(self, f"mask_{kind}").index_select(0, position)
+            for kind in self.layer_types
+        ]
+        h = self.decoder(x, mask=masks, cache=cache, cache_position=position)
+        return self.image_head(h[:, -1])
 
     def check_memory(self, rows: int, dtype: torch.dtype, *, use_cache: bool = True) -> None:
         """Raise before allocating when `rows` sequences would not fit in the device's free memory."""

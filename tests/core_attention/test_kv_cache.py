@@ -91,3 +91,30 @@ def test_cache_in_bf16_autocast():
         step = decoder(x[:, :4], cache=cache)
         step = decoder(x[:, 4:5], cache=cache)
     assert torch.isfinite(step).all() and cache.length == 5
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fixed_shape_steps_equal_the_full_pass(sparse):
+    """`cache_position` (a compiled step's static shapes): write at a tensor position, attend to the whole cache
+    with the keys after it masked. Same outputs as the full pass, with and without cross-attention / sparse masks."""
+    text_len, grid = 3, 3
+    n = text_len + grid * grid
+    masks = [dalle_mask(text_len, grid, "row"), dalle_mask(text_len, grid, "conv", kernel_size=3)] if sparse else None
+    decoder = make_decoder(cross_attention=not sparse)
+    x, memory = torch.randn(B, n, DIM), (None if sparse else torch.randn(B, 5, DIM))
+    full = decoder(x, memory, mask=masks)
+    cache = decoder.init_cache(B, n, context_len=None if sparse else 5)
+    outs = [decoder(x[:, :text_len], memory, cache=cache, mask=masks and [m[:text_len, :text_len] for m in masks])]
+    for p in range(text_len, n):
+        rows = masks and [m[p : p + 1] for m in masks]  # whole-cache rows: (1, n)
+        outs.append(decoder(x[:, p : p + 1], None, cache=cache, mask=rows, cache_position=torch.tensor([p])))
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_write_fills_the_buffers_in_place_at_a_tensor_position():
+    cache = KVCache(B, 6, 2, 4)
+    k_ptr = cache.k.data_ptr()
+    k_all, v_all = cache.write(torch.ones(B, 2, 1, 4), torch.full((B, 2, 1, 4), 2.0), torch.tensor([3]))
+    assert k_all.data_ptr() == k_ptr and k_all.shape == (B, 2, 6, 4)
+    assert k_all[:, :, 3].eq(1).all() and v_all[:, :, 3].eq(2).all()
+    assert k_all[:, :, [0, 1, 2, 4, 5]].eq(0).all() and cache.length == 0  # zeros elsewhere: masked keys stay finite
