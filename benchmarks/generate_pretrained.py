@@ -93,6 +93,7 @@ def main() -> None:
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled rows (generate(compile=True))")
     args = p.parse_args()
 
     threads = args.threads or torch.get_num_threads()
@@ -152,7 +153,7 @@ def main() -> None:
         for images in (1, args.batch):
             settings = torch.tensor([1.0, 256, 16.0], device=device)
 
-            def run_ours(images=images) -> None:
+            def run_ours(images=images, compile=False) -> None:
                 def stop_early(position: int) -> None:
                     if position + 1 == args.steps < N:
                         raise StopEarly
@@ -164,6 +165,7 @@ def main() -> None:
                         num_images=images,
                         on_step=stop_early,
                         generator=torch.Generator(device).manual_seed(0),
+                        compile=compile,
                     )
                 except StopEarly:
                     pass
@@ -191,6 +193,13 @@ def main() -> None:
                         w.sum()
 
             runs = {"ours": run_ours, "min-dalle": run_min_dalle, "read floor": read_floor}
+            compile_s = None
+            if not args.no_compile:
+                start, resident = time.perf_counter(), rss()
+                run_ours(compile=True)  # compiles the step for this batch shape, once: not in the timed calls
+                compile_s = time.perf_counter() - start
+                print(f"  compiled in {compile_s:.0f} s; resident memory +{(rss() - resident) / 2**20:.0f} MB (kept)")
+                runs["compiled"] = lambda images=images: run_ours(images, compile=True)
             times: dict[str, list[float]] = {k: [] for k in runs}
             peaks: dict[str, list[int]] = {k: [] for k in runs}
             failed: dict[str, str] = {}
@@ -207,7 +216,7 @@ def main() -> None:
                         peaks[name].append(m)
             tok = {k: images * args.steps / statistics.median(v) for k, v in times.items() if v}
             mb = {k: max(v) / 2**20 for k, v in peaks.items() if v}
-            rows_out.append((dtype_name, images, tok, mb, failed))
+            rows_out.append((dtype_name, images, tok, mb, failed, compile_s))
             print(
                 f"  {dtype_name} {images} image(s): "
                 + ", ".join(
@@ -219,19 +228,22 @@ def main() -> None:
 
     print()
     print(
-        "| dtype | images | ours tok/s | min-dalle tok/s | ours / min-dalle | read floor tok/s | ours / floor "
-        "| ours peak MB | min-dalle peak MB |"
+        "| dtype | images | ours tok/s | compiled tok/s (compile s) | min-dalle tok/s | best / min-dalle "
+        "| read floor tok/s | ours / floor | compiled / floor | ours peak MB | min-dalle peak MB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for dtype_name, images, tok, mb, failed in rows_out:
-        o, m, f = tok.get("ours"), tok.get("min-dalle"), tok.get("read floor")
-        cell = lambda x: f"{x:.1f}" if x is not None else "fails"  # noqa: E731
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for dtype_name, images, tok, mb, failed, compile_s in rows_out:
+        o, c, m, f = tok.get("ours"), tok.get("compiled"), tok.get("min-dalle"), tok.get("read floor")
+        best = max(o or 0, c or 0) or None
+        cell = lambda x: f"{x:.1f}" if x is not None else "-"  # noqa: E731
+        ratio = lambda a, b: f"{a / b:.0%}" if a and b else "-"  # noqa: E731
         megabytes = lambda k: f"{mb[k]:.0f}" if k in mb else "-"  # noqa: E731
         print(
-            f"| {dtype_name} | {images} | {cell(o)} | {cell(m)} | {f'{o / m:.2f}x' if o and m else '-'} | "
-            f"{cell(f)} | {f'{o / f:.0%}' if o and f else '-'} | {megabytes('ours')} | {megabytes('min-dalle')} |"
+            f"| {dtype_name} | {images} | {cell(o)} | {f'{c:.1f} ({compile_s:.0f})' if c else '-'} | {cell(m)} | "
+            f"{f'{best / m:.2f}x' if best and m else '-'} | {cell(f)} | {ratio(o, f)} | {ratio(c, f)} | "
+            f"{megabytes('ours')} | {megabytes('min-dalle')} |"
         )
-    for dtype_name, images, _, _, failed in rows_out:
+    for dtype_name, images, _, _, failed, _ in rows_out:
         for name, why in failed.items():
             print(f"{name} failed in {dtype_name} with {images} image(s): {why}")
     print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))

@@ -60,7 +60,13 @@ class CompiledStep:
             return self.fn(*args)
         log.info("compiling %s for inputs %s (once per process and shape; autotuning the products) ...", self.name, key)
         start = time.perf_counter()
-        out = self.fn(*args)
+        try:
+            out = self.fn(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler for inductor's CPU kernels
+            raise RuntimeError(
+                f"compiling {self.name} failed ({str(err).splitlines()[0][:200]}): decode without compiling "
+                "(leave out --compile / compile=True): same images, slower steps"
+            ) from err
         self.compile_seconds[key] = seconds = time.perf_counter() - start
         log.info("compiled %s in %.1f s", self.name, seconds)
         return out

@@ -71,3 +71,15 @@ def test_cli_bf16_where_emulated_says_so(tmp_path, capsys, monkeypatch) -> None:
     assert "bf16 on this cpu is emulated" in capsys.readouterr().err
     assert generate_main(["a red circle", "-n", "1", "--device", "cpu", "--out", str(out)]) == 0  # auto: fp32
     assert "emulated" not in capsys.readouterr().err
+
+
+def test_a_failed_compile_says_to_decode_without_it(monkeypatch) -> None:
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))  # no C++ compiler for inductor's CPU kernels
+    monkeypatch.setattr(inductor, "force_disable_caches", True)  # compile, rather than load an earlier test's graph
+    torch.manual_seed(0)
+    model = DALLE(text_vocab_size=60, text_seq_len=6, image_vocab_size=32, image_grid_size=4, dim=32, depth=1).eval()
+    with pytest.raises(RuntimeError, match=r"compiling DALLE.decode_step failed .*leave out --compile"):
+        model.generate(torch.ones(1, 6, dtype=torch.long), seed=0, compile=True)
+    assert model.generate(torch.ones(1, 6, dtype=torch.long), seed=0).shape == (1, 16)  # eager still works
