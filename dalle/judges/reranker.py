@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from core_attention import Encoder, LearnedPositionalEmbedding, init_weights, key_padding_mask
+from core_attention.config import ConfigMixin
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 from core_attention.training import adamw_warmup_cosine
 from dalle.data.shapes import parse_caption
@@ -67,7 +68,7 @@ def _default_image_arch() -> ViTConfig:
 
 
 @dataclass
-class RerankerConfig:
+class RerankerConfig(ConfigMixin):
     """Architecture of a :class:`ContrastiveReranker`; saved with the weights.
 
     Args:
@@ -106,18 +107,6 @@ class RerankerConfig:
             raise ValueError(f"text_dim ({self.text_dim}) must be divisible by text_heads ({self.text_heads})")
         if not 0 < self.init_temperature < 1:
             raise ValueError(f"init_temperature must be in (0, 1), got {self.init_temperature}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_arch"] = self.image_arch.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RerankerConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown reranker config keys {unknown}")
-        return cls(**d)
 
 
 def clip_loss(logits: Tensor) -> Tensor:

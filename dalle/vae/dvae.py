@@ -22,12 +22,14 @@ import json
 import math
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from core_attention.config import ConfigMixin
 
 __all__ = [
     "LOGIT_LAPLACE_EPS",
@@ -102,7 +104,7 @@ def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 @dataclass
-class DVAEConfig:
+class DVAEConfig(ConfigMixin):
     architecture: Architecture = "dalle"
     image_size: int = 32
     channels: int = 3
@@ -152,17 +154,6 @@ class DVAEConfig:
         )
         base.update(overrides)
         return cls(**base)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DVAEConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown dVAE config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------------
