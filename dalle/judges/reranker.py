@@ -34,6 +34,7 @@ from core_attention import Encoder, LearnedPositionalEmbedding, init_weights, ke
 from core_attention.config import ConfigMixin
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 from core_attention.training import adamw_warmup_cosine
+from core_attention.training.hparams import nest_arch
 from dalle.data.shapes import parse_caption
 from dalle.transformer.tokenizer import BPETokenizer
 from vit import VisionTransformer, ViTConfig
@@ -283,12 +284,12 @@ def load_reranker(path: str | Path, map_location: str | torch.device = "cpu") ->
     from core_attention.io import load_checkpoint
 
     ckpt = load_checkpoint(path, map_location=map_location)
-    hp, tok = ckpt.get("hyper_parameters", {}), ckpt.get("tokenizer_json")
-    if "config" not in hp or tok is None or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit-reranker` (no config/tokenizer)")
+    hp, tok = RerankerModule.upgrade_hparams(ckpt.get("hyper_parameters", {})), ckpt.get("tokenizer_json")
+    if "arch" not in hp or tok is None or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit-reranker` (no arch/tokenizer)")
     from tokenizers import Tokenizer
 
-    model = ContrastiveReranker(RerankerConfig.from_dict(hp["config"]), BPETokenizer(Tokenizer.from_str(tok)))
+    model = ContrastiveReranker(RerankerConfig.from_dict(hp["arch"]), BPETokenizer(Tokenizer.from_str(tok)))
     load_state_dict_checked(model, ckpt["state_dict"], source=f"checkpoint {path}", prefix="model.")
     return model.eval()
 
@@ -309,9 +310,9 @@ class RerankerModule(pl.LightningModule):
     """Trains a :class:`ContrastiveReranker` on any DALL·E datamodule (batches with ``image`` and ``caption``).
 
     Args:
-        config: The architecture (see :class:`RerankerConfig`).
+        arch: The architecture (see :class:`RerankerConfig`).
         tokenizer: A ``tokenizer.json`` (or its folder) to use; None trains a BPE tokenizer of
-            ``config.text_vocab_size`` tokens on the datamodule's training captions when fitting starts.
+            ``arch.text_vocab_size`` tokens on the datamodule's training captions when fitting starts.
         tokenizer_captions: How many training captions the BPE tokenizer learns from.
         lr: Peak learning rate.
         min_lr: Learning rate at the end of the cosine decay.
@@ -323,7 +324,7 @@ class RerankerModule(pl.LightningModule):
 
     def __init__(
         self,
-        config: RerankerConfig = RerankerConfig(),  # noqa: B008 (LightningCLI reads the default from the signature)
+        arch: RerankerConfig = RerankerConfig(),  # noqa: B008 (LightningCLI reads the default from the signature)
         tokenizer: str | None = None,
         tokenizer_captions: int = 20000,
         lr: float = 2e-3,
@@ -333,13 +334,18 @@ class RerankerModule(pl.LightningModule):
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(config, dict):
-            config = RerankerConfig.from_dict(config)
+        if isinstance(arch, dict):
+            arch = RerankerConfig.from_dict(arch)
         self.save_hyperparameters()
-        self.hparams["config"] = config.to_dict()  # plain dict: checkpoints load with weights_only=True
-        self.model = ContrastiveReranker(config, BPETokenizer.load(tokenizer) if tokenizer else None)
+        self.hparams["arch"] = arch.to_dict()  # plain dict: checkpoints load with weights_only=True
+        self.model = ContrastiveReranker(arch, BPETokenizer.load(tokenizer) if tokenizer else None)
         self.last_metrics: dict[str, float] = {}
         self._val_sums: dict[str, float] = {}
+
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoints of release 0.1 named the architecture ``config``."""
+        return nest_arch(hparams, (), renamed={"config": "arch"})
 
     # ---- tokenizer lifecycle: trained at fit start, carried inside the checkpoint -----------------------------
 

@@ -188,8 +188,8 @@ def test_fit_reranker_help() -> None:
     )
     assert out.returncode == 0, out.stderr
     for option in (
-        "--model.config.text_depth",
-        "--model.config.image_arch.patch_size",
+        "--model.arch.text_depth",
+        "--model.arch.image_arch.patch_size",
         "--model.export_dir",
         "--model.tokenizer",
     ):
