@@ -316,7 +316,9 @@ class RerankerModule(pl.LightningModule):
         tokenizer_captions: How many training captions the BPE tokenizer learns from.
         lr: Peak learning rate.
         min_lr: Learning rate at the end of the cosine decay.
-        warmup_fraction: Linear warmup length as a fraction of all steps.
+        warmup_lr: Learning rate at the first step of the linear warmup.
+        warmup_steps: Optimizer steps of linear warmup (if warmup_fraction is None).
+        warmup_fraction: Warmup length as a fraction of all training steps (overrides warmup_steps).
         weight_decay: AdamW weight decay of the weight matrices.
         export_dir: After fitting, save the reranker here (``save_pretrained``: weights, tokenizer, config); this
             folder is what ``--rerank-checkpoint`` and ``evaluate --reranker`` take. None skips.
@@ -329,7 +331,9 @@ class RerankerModule(pl.LightningModule):
         tokenizer_captions: int = 20000,
         lr: float = 2e-3,
         min_lr: float = 1e-5,
-        warmup_fraction: float = 0.05,
+        warmup_lr: float = 2e-5,
+        warmup_steps: int = 0,
+        warmup_fraction: float | None = 0.05,
         weight_decay: float = 0.05,
         export_dir: str | None = None,
     ) -> None:
@@ -433,7 +437,8 @@ class RerankerModule(pl.LightningModule):
             lr=hp.lr,
             min_lr=hp.min_lr,
             weight_decay=hp.weight_decay,
-            warmup_lr=hp.lr * 0.01,
+            warmup_lr=hp.warmup_lr,
+            warmup_steps=hp.warmup_steps,
             warmup_fraction=hp.warmup_fraction,
         )
 

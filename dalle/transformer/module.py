@@ -66,7 +66,8 @@ class DALLEModule(pl.LightningModule):
             down to min_lr, per step (``core_attention.training.adamw_warmup_cosine``).
         min_lr: learning rate at the end of the cosine decay.
         warmup_lr: learning rate at the first step of the warm-up.
-        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        warmup_steps: optimizer steps of linear learning-rate warm-up (if warmup_fraction is None).
+        warmup_fraction: warm-up length as a fraction of all training steps (overrides warmup_steps).
         weight_decay: AdamW weight decay of the weight matrices (embeddings, norms and biases get none).
         betas: AdamW betas.
         grad_checkpointing: recompute each block's activations in the backward pass (less memory).
@@ -97,6 +98,7 @@ class DALLEModule(pl.LightningModule):
         min_lr: float = 1e-5,
         warmup_lr: float = 2.25e-6,
         warmup_steps: int = 200,
+        warmup_fraction: float | None = None,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.96),
         grad_checkpointing: bool = False,
@@ -358,6 +360,7 @@ class DALLEModule(pl.LightningModule):
             weight_decay=hp.weight_decay,
             warmup_lr=hp.warmup_lr,
             warmup_steps=hp.warmup_steps,
+            warmup_fraction=hp.warmup_fraction,
             betas=tuple(hp.betas),
         )
 

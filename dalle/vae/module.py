@@ -85,7 +85,8 @@ class DVAEModule(pl.LightningModule):
             down to ``min_lr`` over the remaining training steps (``core_attention.training.adamw_warmup_cosine``).
         min_lr: learning rate at the end of the cosine schedule.
         warmup_lr: learning rate at the first step of the warm-up.
-        warmup_steps: optimizer steps of linear learning-rate warm-up (0: none).
+        warmup_steps: optimizer steps of linear learning-rate warm-up (0: none; if warmup_fraction is None).
+        warmup_fraction: warm-up length as a fraction of all training steps (overrides warmup_steps).
         weight_decay: AdamW weight decay of the weight matrices (norms and biases get none).
         betas: AdamW betas.
         temperature_start: gumbel-softmax temperature at the first step (cosine schedule to temperature_end).
@@ -107,6 +108,7 @@ class DVAEModule(pl.LightningModule):
         min_lr: float = 1.25e-6,
         warmup_lr: float = 1e-6,
         warmup_steps: int = 0,
+        warmup_fraction: float | None = None,
         weight_decay: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         temperature_start: float = 1.0,
@@ -173,6 +175,7 @@ class DVAEModule(pl.LightningModule):
             weight_decay=hp.weight_decay,
             warmup_lr=hp.warmup_lr,
             warmup_steps=hp.warmup_steps,
+            warmup_fraction=hp.warmup_fraction,
             betas=tuple(hp.betas),
         )
 
