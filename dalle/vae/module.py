@@ -80,7 +80,7 @@ class DVAEModule(pl.LightningModule):
             encoder/decoder) or 'openai' (the layout of OpenAI's released dall_e dVAE, so its converted weights
             load), image size, codebook size, downsampling, widths, reconstruction loss, straight-through codes.
         init_weights: a ``save_pretrained`` directory or ``.safetensors`` file to start from (fine-tuning,
-            e.g. OpenAI's converted dVAE). Its shapes must match the model options.
+            e.g. OpenAI's converted dVAE). Its shapes must match ``arch``.
         lr: peak learning rate, reached after ``warmup_steps`` of linear warm-up from ``warmup_lr``, then a cosine
             down to ``min_lr`` over the remaining training steps (``core_attention.training.adamw_warmup_cosine``).
         min_lr: learning rate at the end of the cosine schedule.
