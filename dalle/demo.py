@@ -1,4 +1,4 @@
-"""The first five minutes, end to end on a CPU (`make demo` runs it):
+"""The project's demo, both families, the first five minutes end to end on a CPU (`make demo` runs it):
 
     python -m dalle demo [--out runs/demo] [--quick]
 
@@ -11,7 +11,8 @@
 3. How to open the web app.
 
 Each stage is a plain CLI call you can also run yourself; a training stage whose output already exists is reused,
-so a second run only regenerates the pictures and the figures.
+so a second run only regenerates the pictures and the figures. The demo imports no model code, ViT's or DALL·E's: it
+runs their commands. It lives in `dalle`, the top layer, only because that package may use both families.
 """
 
 from __future__ import annotations

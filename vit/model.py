@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from core_attention import QuickGELU, TransformerBlock, init_weights, resample_pos_embed
+from core_attention.config import ConfigMixin
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 from core_attention.stacks import drop_path_rates, run_block
 
@@ -38,7 +39,7 @@ def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ConfigMixin):
     """Architecture of a `VisionTransformer`; field names and defaults are timm's (ViT-B/16 at 224 px).
 
     Args:
@@ -93,22 +94,9 @@ class ViTConfig:
     act_layer: str = "gelu"
     norm_eps: float = 1e-6
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if isinstance(d["img_size"], tuple):
-            d["img_size"] = list(d["img_size"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown ViT config keys {unknown}; valid keys: {sorted(names)}")
-        d = dict(d)
-        if isinstance(d.get("img_size"), list):
-            d["img_size"] = tuple(d["img_size"])
-        return cls(**d)
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, list):  # from JSON
+            self.img_size = tuple(self.img_size)
 
 
 class PatchEmbed(nn.Module):

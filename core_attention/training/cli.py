@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from ..io import check_writable, load_checkpoint
 from .callbacks import FiniteLossGuard, TrainingCurves
 from .checkpoint_io import AtomicCheckpointIO, remove_stale_temp_files
+from .hparams import upgrade_hparams
 
 # `--ckpt_path last-or-new`: resume from the run folder's last checkpoint when there is one, else start a new run
 # (for a pre-emptible job that re-runs one command). A plain `--ckpt_path last` refuses to start from scratch.
@@ -85,6 +86,7 @@ class VitDalleCLI(LightningCLI):
             return  # Lightning's other special values ("best", "hpc"), or a missing file Lightning reports itself
         hparams = dict(load_checkpoint(ckpt_path).get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
+        hparams = upgrade_hparams(self._model_class, hparams)  # an older release's names
         if not hparams:
             return
         if "_class_path" in hparams:

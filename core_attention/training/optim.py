@@ -1,4 +1,4 @@
-"""The optimisation recipe the ViT, the attribute classifier and the reranker share: timm's AdamW, warmup + cosine."""
+"""The optimisation recipe every LightningModule shares: timm's AdamW, warmup + cosine, one set of option names."""
 
 from __future__ import annotations
 

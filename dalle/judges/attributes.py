@@ -341,7 +341,9 @@ class AttributeModule(pl.LightningModule):
             so it need not match the data's.
         lr: Peak learning rate.
         min_lr: Learning rate at the end of the cosine decay.
-        warmup_fraction: Linear warmup length as a fraction of all steps.
+        warmup_lr: Learning rate at the first step of the linear warmup.
+        warmup_steps: Optimizer steps of linear warmup (if warmup_fraction is None).
+        warmup_fraction: Warmup length as a fraction of all training steps (overrides warmup_steps).
         weight_decay: AdamW weight decay of the weight matrices (norms, biases, pos_embed get none).
         label_smoothing: Label smoothing of every head's cross-entropy.
         noise_std: Std of Gaussian pixel noise added to training images (robustness to generated images).
@@ -356,7 +358,9 @@ class AttributeModule(pl.LightningModule):
         arch: ViTConfig = DEFAULT_ARCH,
         lr: float = 3e-3,
         min_lr: float = 1e-5,
-        warmup_fraction: float = 0.05,
+        warmup_lr: float = 3e-5,
+        warmup_steps: int = 0,
+        warmup_fraction: float | None = 0.05,
         weight_decay: float = 0.05,
         label_smoothing: float = 0.0,
         noise_std: float = 0.03,
@@ -443,7 +447,8 @@ class AttributeModule(pl.LightningModule):
             lr=hp.lr,
             min_lr=hp.min_lr,
             weight_decay=hp.weight_decay,
-            warmup_lr=hp.lr * 0.01,
+            warmup_lr=hp.warmup_lr,
+            warmup_steps=hp.warmup_steps,
             warmup_fraction=hp.warmup_fraction,
         )
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from core_attention import Encoder, LearnedPositionalEmbedding, init_weights, key_padding_mask
+from core_attention.config import ConfigMixin
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 from core_attention.training import adamw_warmup_cosine
+from core_attention.training.hparams import nest_arch
 from dalle.data.shapes import parse_caption
 from dalle.transformer.tokenizer import BPETokenizer
 from vit import VisionTransformer, ViTConfig
@@ -67,7 +69,7 @@ def _default_image_arch() -> ViTConfig:
 
 
 @dataclass
-class RerankerConfig:
+class RerankerConfig(ConfigMixin):
     """Architecture of a :class:`ContrastiveReranker`; saved with the weights.
 
     Args:
@@ -106,18 +108,6 @@ class RerankerConfig:
             raise ValueError(f"text_dim ({self.text_dim}) must be divisible by text_heads ({self.text_heads})")
         if not 0 < self.init_temperature < 1:
             raise ValueError(f"init_temperature must be in (0, 1), got {self.init_temperature}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_arch"] = self.image_arch.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RerankerConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown reranker config keys {unknown}")
-        return cls(**d)
 
 
 def clip_loss(logits: Tensor) -> Tensor:
@@ -294,12 +284,12 @@ def load_reranker(path: str | Path, map_location: str | torch.device = "cpu") ->
     from core_attention.io import load_checkpoint
 
     ckpt = load_checkpoint(path, map_location=map_location)
-    hp, tok = ckpt.get("hyper_parameters", {}), ckpt.get("tokenizer_json")
-    if "config" not in hp or tok is None or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit-reranker` (no config/tokenizer)")
+    hp, tok = RerankerModule.upgrade_hparams(ckpt.get("hyper_parameters", {})), ckpt.get("tokenizer_json")
+    if "arch" not in hp or tok is None or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by `python -m dalle fit-reranker` (no arch/tokenizer)")
     from tokenizers import Tokenizer
 
-    model = ContrastiveReranker(RerankerConfig.from_dict(hp["config"]), BPETokenizer(Tokenizer.from_str(tok)))
+    model = ContrastiveReranker(RerankerConfig.from_dict(hp["arch"]), BPETokenizer(Tokenizer.from_str(tok)))
     load_state_dict_checked(model, ckpt["state_dict"], source=f"checkpoint {path}", prefix="model.")
     return model.eval()
 
@@ -320,13 +310,15 @@ class RerankerModule(pl.LightningModule):
     """Trains a :class:`ContrastiveReranker` on any DALL·E datamodule (batches with ``image`` and ``caption``).
 
     Args:
-        config: The architecture (see :class:`RerankerConfig`).
+        arch: The architecture (see :class:`RerankerConfig`).
         tokenizer: A ``tokenizer.json`` (or its folder) to use; None trains a BPE tokenizer of
-            ``config.text_vocab_size`` tokens on the datamodule's training captions when fitting starts.
+            ``arch.text_vocab_size`` tokens on the datamodule's training captions when fitting starts.
         tokenizer_captions: How many training captions the BPE tokenizer learns from.
         lr: Peak learning rate.
         min_lr: Learning rate at the end of the cosine decay.
-        warmup_fraction: Linear warmup length as a fraction of all steps.
+        warmup_lr: Learning rate at the first step of the linear warmup.
+        warmup_steps: Optimizer steps of linear warmup (if warmup_fraction is None).
+        warmup_fraction: Warmup length as a fraction of all training steps (overrides warmup_steps).
         weight_decay: AdamW weight decay of the weight matrices.
         export_dir: After fitting, save the reranker here (``save_pretrained``: weights, tokenizer, config); this
             folder is what ``--rerank-checkpoint`` and ``evaluate --reranker`` take. None skips.
@@ -334,23 +326,30 @@ class RerankerModule(pl.LightningModule):
 
     def __init__(
         self,
-        config: RerankerConfig = RerankerConfig(),  # noqa: B008 (LightningCLI reads the default from the signature)
+        arch: RerankerConfig = RerankerConfig(),  # noqa: B008 (LightningCLI reads the default from the signature)
         tokenizer: str | None = None,
         tokenizer_captions: int = 20000,
         lr: float = 2e-3,
         min_lr: float = 1e-5,
-        warmup_fraction: float = 0.05,
+        warmup_lr: float = 2e-5,
+        warmup_steps: int = 0,
+        warmup_fraction: float | None = 0.05,
         weight_decay: float = 0.05,
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(config, dict):
-            config = RerankerConfig.from_dict(config)
+        if isinstance(arch, dict):
+            arch = RerankerConfig.from_dict(arch)
         self.save_hyperparameters()
-        self.hparams["config"] = config.to_dict()  # plain dict: checkpoints load with weights_only=True
-        self.model = ContrastiveReranker(config, BPETokenizer.load(tokenizer) if tokenizer else None)
+        self.hparams["arch"] = arch.to_dict()  # plain dict: checkpoints load with weights_only=True
+        self.model = ContrastiveReranker(arch, BPETokenizer.load(tokenizer) if tokenizer else None)
         self.last_metrics: dict[str, float] = {}
         self._val_sums: dict[str, float] = {}
+
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Checkpoints of release 0.1 named the architecture ``config``."""
+        return nest_arch(hparams, (), renamed={"config": "arch"})
 
     # ---- tokenizer lifecycle: trained at fit start, carried inside the checkpoint -----------------------------
 
@@ -438,7 +437,8 @@ class RerankerModule(pl.LightningModule):
             lr=hp.lr,
             min_lr=hp.min_lr,
             weight_decay=hp.weight_decay,
-            warmup_lr=hp.lr * 0.01,
+            warmup_lr=hp.warmup_lr,
+            warmup_steps=hp.warmup_steps,
             warmup_fraction=hp.warmup_fraction,
         )
 

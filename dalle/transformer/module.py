@@ -17,7 +17,7 @@ the folder that ``fit`` exports at the end (``model.safetensors``, ``tokenizer.j
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import time
 import warnings
@@ -30,6 +30,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zer
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from core_attention.training import adamw_warmup_cosine
+from core_attention.training.hparams import nest_arch, upgrade_lambda_lr_checkpoint
 from dalle.transformer.model import DALLE, DALLEConfig
 from dalle.transformer.tokenizer import BPETokenizer
 
@@ -54,25 +56,18 @@ class DALLEModule(pl.LightningModule):
         tokenizer_path: a ``tokenizer.json``; None trains a BPE tokenizer on the training captions at setup.
         tokenizer_vocab_size: requested BPE vocabulary (the trained one can be smaller on a small corpus).
         tokenizer_train_limit: train the tokenizer on at most this many captions (None: all).
-        text_seq_len: text tokens per caption; longer captions are truncated (the share is reported at setup).
-        dim: transformer width (the token embedding size); must be divisible by num_heads.
-        depth: number of transformer blocks.
-        num_heads: attention heads per block.
-        num_kv_heads: key/value heads for grouped-query attention (must divide num_heads); None: one per head.
-        mlp_ratio: MLP hidden width as a multiple of dim.
-        qk_norm: normalise queries and keys before the attention product (steadier training at large widths).
-        dropout: dropout after the attention output projection and in the MLP.
-        attn_drop: dropout on the attention weights.
-        drop_path_rate: stochastic depth of the last block (growing linearly from 0 over the blocks).
-        attn_types: attention pattern per layer, cycled over the depth: 'full' (causal), or the paper's sparse
-            image masks 'row', 'column' and 'conv' (see :func:`~dalle.transformer.model.paper_attn_types`).
-        conv_kernel_size: window side of the 'conv' layers, in image tokens (the paper: 11 on a 32 x 32 grid).
-        loss_img_weight: the loss weighs text : image tokens as 1 : loss_img_weight (the paper: 7).
+        arch: the transformer's architecture (see :class:`~dalle.transformer.model.DALLEConfig`): text_seq_len (longer
+            captions are truncated; the share is reported at setup), width, depth, heads, attention patterns
+            ('full', or the paper's sparse 'row', 'column', 'conv'), loss_img_weight (text : image loss weights).
+            Its text_vocab_size, image_vocab_size and image_grid_size are set from the tokenizer and the dVAE.
         caption_dropout: probability of replacing a caption by the empty (all-padding) text while training, so the
             model also learns the unconditional distribution that classifier-free guidance needs.
-        lr: peak AdamW learning rate, reached after warmup_steps of linear warm-up, then cosine decay per step.
+        lr: peak AdamW learning rate, reached after warmup_steps of linear warm-up from warmup_lr, then a cosine
+            down to min_lr, per step (``core_attention.training.adamw_warmup_cosine``).
         min_lr: learning rate at the end of the cosine decay.
-        warmup_steps: optimizer steps of linear learning-rate warm-up.
+        warmup_lr: learning rate at the first step of the warm-up.
+        warmup_steps: optimizer steps of linear learning-rate warm-up (if warmup_fraction is None).
+        warmup_fraction: warm-up length as a fraction of all training steps (overrides warmup_steps).
         weight_decay: AdamW weight decay of the weight matrices (embeddings, norms and biases get none).
         betas: AdamW betas.
         grad_checkpointing: recompute each block's activations in the backward pass (less memory).
@@ -97,23 +92,13 @@ class DALLEModule(pl.LightningModule):
         tokenizer_path: str | None = None,
         tokenizer_vocab_size: int = 1000,
         tokenizer_train_limit: int | None = 200_000,
-        text_seq_len: int = 32,
-        dim: int = 512,
-        depth: int = 12,
-        num_heads: int = 8,
-        num_kv_heads: int | None = None,
-        mlp_ratio: float = 4.0,
-        qk_norm: bool = False,
-        dropout: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path_rate: float = 0.0,
-        attn_types: list[str] = ["full"],  # noqa: B006 - LightningCLI reads the default from the signature
-        conv_kernel_size: int = 11,
-        loss_img_weight: float = 7.0,
+        arch: DALLEConfig = DALLEConfig(),  # noqa: B008 (LightningCLI reads the default from the signature)
         caption_dropout: float = 0.1,
         lr: float = 4.5e-4,
         min_lr: float = 1e-5,
+        warmup_lr: float = 2.25e-6,
         warmup_steps: int = 200,
+        warmup_fraction: float | None = None,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.96),
         grad_checkpointing: bool = False,
@@ -130,7 +115,11 @@ class DALLEModule(pl.LightningModule):
         super().__init__()
         if not 0.0 <= caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        if isinstance(arch, dict):
+            arch = DALLEConfig.from_dict(arch)
         self.save_hyperparameters()
+        self.hparams["arch"] = arch.to_dict()  # plain dict: checkpoints load with weights_only=True
+        self.text_seq_len = arch.text_seq_len
         # The frozen dVAE is a tool of the module, not a submodule: kept out of the parameter tree, FSDP never shards it
         # (nor mixes its frozen weights with trainable ones in a unit) and the optimizer never sees it.
         # Its weights and config are added to every checkpoint (on_save_checkpoint), so checkpoints stay self-contained.
@@ -142,27 +131,20 @@ class DALLEModule(pl.LightningModule):
         self._val_samples: Tensor | None = None
         self._fit_start: float | None = None
 
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Release 0.1's hyper-parameters (the architecture as flat arguments) in today's names."""
+        return nest_arch(hparams, DALLEConfig)
+
     # ------------------------------------------------------------------------------------------ building
 
     def model_config(self, text_vocab_size: int) -> DALLEConfig:
-        hp = self.hparams
-        return DALLEConfig(
+        """``arch`` with the vocabularies and the image grid of this tokenizer and dVAE."""
+        return dataclasses.replace(
+            DALLEConfig.from_dict(self.hparams.arch),
             text_vocab_size=text_vocab_size,
-            text_seq_len=hp.text_seq_len,
             image_vocab_size=self.vae.num_tokens,
             image_grid_size=self.vae.grid_size,
-            dim=hp.dim,
-            depth=hp.depth,
-            num_heads=hp.num_heads,
-            num_kv_heads=hp.num_kv_heads,
-            mlp_ratio=hp.mlp_ratio,
-            qk_norm=hp.qk_norm,
-            dropout=hp.dropout,
-            attn_drop=hp.attn_drop,
-            drop_path_rate=hp.drop_path_rate,
-            attn_types=tuple(hp.attn_types),
-            conv_kernel_size=hp.conv_kernel_size,
-            loss_img_weight=hp.loss_img_weight,
         )
 
     def _build(self, tokenizer: BPETokenizer) -> None:
@@ -172,7 +154,7 @@ class DALLEModule(pl.LightningModule):
             self.model.set_grad_checkpointing(True)
         rank_zero_info(
             f"DALLE: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, text vocab "
-            f"{tokenizer.vocab_size} x {self.hparams.text_seq_len} tokens, image vocab {self.vae.num_tokens} x "
+            f"{tokenizer.vocab_size} x {self.text_seq_len} tokens, image vocab {self.vae.num_tokens} x "
             f"{self.vae.grid_size}x{self.vae.grid_size} tokens"
         )
 
@@ -194,11 +176,11 @@ class DALLEModule(pl.LightningModule):
                 raise ValueError("the datamodule returned no training captions to train the tokenizer on")
             tokenizer = BPETokenizer.train(captions, hp.tokenizer_vocab_size)
             lengths = [len(ids) for ids in tokenizer.tokenizer.encode_batch(captions)]
-            cut = sum(n > hp.text_seq_len for n in lengths) / len(lengths)
+            cut = sum(n > self.text_seq_len for n in lengths) / len(lengths)
             rank_zero_info(
                 f"tokenizer: trained BPE on {len(captions)} captions in {time.perf_counter() - started:.1f}s: vocab "
                 f"{tokenizer.vocab_size}, caption length mean {sum(lengths) / len(lengths):.1f} / max {max(lengths)} "
-                f"tokens; {cut:.1%} exceed text_seq_len={hp.text_seq_len} and are truncated"
+                f"tokens; {cut:.1%} exceed text_seq_len={self.text_seq_len} and are truncated"
             )
             text = tokenizer.tokenizer.to_str()
         text = self.trainer.strategy.broadcast(text, src=0)  # every rank gets rank 0's tokenizer
@@ -237,6 +219,7 @@ class DALLEModule(pl.LightningModule):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_lambda_lr_checkpoint(checkpoint)  # release 0.1's schedule
         self._check_vae(checkpoint)
         saved = BPETokenizer(Tokenizer.from_str(checkpoint["tokenizer_json"]))
         if self.model is None:
@@ -297,7 +280,7 @@ class DALLEModule(pl.LightningModule):
             self.vae.to(images.device)  # not a submodule, so Lightning does not move it
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="prompt cut from")
-            text = self.tokenizer.encode_batch(captions, self.hparams.text_seq_len).to(self.device)
+            text = self.tokenizer.encode_batch(captions, self.text_seq_len).to(self.device)
         with torch.no_grad():
             ids = self.vae.get_codebook_indices(images)  # (B, N); checks size and range of the images
         return text, ids
@@ -332,7 +315,7 @@ class DALLEModule(pl.LightningModule):
         """(P * n, 3, H, W) images for the fixed sample prompts, in [0, 1]."""
         hp = self.hparams
         prompts = list(hp.sample_prompts or DEFAULT_SAMPLE_PROMPTS)
-        text = self.tokenizer.encode_batch(prompts, hp.text_seq_len).repeat_interleave(hp.sample_images_per_prompt, 0)
+        text = self.tokenizer.encode_batch(prompts, self.text_seq_len).repeat_interleave(hp.sample_images_per_prompt, 0)
         ids = self.model.generate(
             text,
             temperature=hp.sample_temperature,
@@ -367,30 +350,22 @@ class DALLEModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ optimisation
 
-    def lr_factor(self, step: int, total: int) -> float:
-        hp = self.hparams
-        if step < hp.warmup_steps:
-            return (step + 1) / hp.warmup_steps
-        progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
-        floor = hp.min_lr / hp.lr
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        skip = {f"model.{name}" for name in self.model.no_weight_decay()}
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or name in skip else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        return adamw_warmup_cosine(
+            self.model,  # its no_weight_decay() embedding tables, norms and biases get no weight decay
+            self.trainer.estimated_stepping_batches,
             lr=hp.lr,
+            min_lr=hp.min_lr,
+            weight_decay=hp.weight_decay,
+            warmup_lr=hp.warmup_lr,
+            warmup_steps=hp.warmup_steps,
+            warmup_fraction=hp.warmup_fraction,
             betas=tuple(hp.betas),
         )
-        total = self.trainer.estimated_stepping_batches
-        total = int(total) if math.isfinite(total) else 10**9
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        scheduler.step_update(num_updates=self.global_step)
 
     # ------------------------------------------------------------------------------------------ export
 

@@ -22,12 +22,14 @@ import json
 import math
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from core_attention.config import ConfigMixin
 
 __all__ = [
     "LOGIT_LAPLACE_EPS",
@@ -102,7 +104,23 @@ def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 @dataclass
-class DVAEConfig:
+class DVAEConfig(ConfigMixin):
+    """Architecture of a :class:`DiscreteVAE`; saved with the weights.
+
+    Args:
+        architecture: 'dalle' (this project's compact encoder/decoder) or 'openai' (the layout of OpenAI's released
+            dall_e dVAE, so its converted weights load).
+        image_size: side of the square images, in pixels (divisible by downsample).
+        channels: image channels (3 for RGB).
+        num_tokens: codebook size K: how many distinct image tokens the dVAE has.
+        downsample: f, one token per f x f pixels (2, 4, 8 or 16): the token grid is image_size / f on a side.
+        hidden_dim: width of the first encoder group, doubled per group (OpenAI's n_hid).
+        num_resblocks: residual blocks per group (OpenAI's n_blk_per_group).
+        codebook_dim: width of the decoder's token embedding (OpenAI's n_init).
+        loss: reconstruction loss: 'logit_laplace' (the paper's) or 'mse'.
+        straight_through: hard one-hot codes in the forward pass, gumbel-softmax gradients in the backward pass.
+    """
+
     architecture: Architecture = "dalle"
     image_size: int = 32
     channels: int = 3
@@ -152,17 +170,6 @@ class DVAEConfig:
         )
         base.update(overrides)
         return cls(**base)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DVAEConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown dVAE config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from dalle.vae.dvae import Architecture, DiscreteVAE, ReconLoss, kl_to_uniform, logit_laplace_nll, map_pixels
+from core_attention.training import adamw_warmup_cosine
+from core_attention.training.hparams import nest_arch, upgrade_lambda_lr_checkpoint
+from dalle.vae.dvae import DiscreteVAE, DVAEConfig, kl_to_uniform, logit_laplace_nll, map_pixels
 
 __all__ = ["CodebookUsage", "DVAEModule", "CodebookCollapseWarning", "cosine_schedule", "batch_images", "fit_vae_main"]
 
@@ -71,27 +73,20 @@ def batch_images(batch: Any) -> torch.Tensor:
 
 
 class DVAEModule(pl.LightningModule):
-    """Trains :class:`~dalle.vae.dvae.DiscreteVAE`. Model options are ``DiscreteVAE``'s; see that class.
+    """Trains :class:`~dalle.vae.dvae.DiscreteVAE`.
 
     Args:
-        architecture: 'dalle' (this project's compact encoder/decoder) or 'openai' (the layout of OpenAI's released
-            dall_e dVAE, so its converted weights load).
-        image_size: side of the square training images, in pixels (divisible by downsample).
-        channels: image channels (3 for RGB).
-        num_tokens: codebook size K: how many distinct image tokens the dVAE has.
-        downsample: f, one token per f x f pixels (2, 4, 8 or 16): the token grid is image_size / f on a side.
-        hidden_dim: width of the first encoder group, doubled per group (OpenAI's n_hid).
-        num_resblocks: residual blocks per group (OpenAI's n_blk_per_group).
-        codebook_dim: width of the decoder's token embedding (OpenAI's n_init).
-        loss: reconstruction loss: 'logit_laplace' (the paper's) or 'mse'.
-        straight_through: hard one-hot codes in the forward pass, gumbel-softmax gradients in the backward pass.
+        arch: the dVAE's architecture (see :class:`~dalle.vae.dvae.DVAEConfig`): 'dalle' (this project's compact
+            encoder/decoder) or 'openai' (the layout of OpenAI's released dall_e dVAE, so its converted weights
+            load), image size, codebook size, downsampling, widths, reconstruction loss, straight-through codes.
         init_weights: a ``save_pretrained`` directory or ``.safetensors`` file to start from (fine-tuning,
-            e.g. OpenAI's converted dVAE). Its shapes must match the model options.
-        lr: peak learning rate of the cosine schedule from ``lr`` to ``min_lr`` over all training steps,
-            after ``warmup_steps`` of linear warm-up.
-        min_lr: learning rate at the end of the cosine schedule (the name every model's module uses).
-        lr_end: deprecated name of min_lr (release 0.1); given, it wins with a DeprecationWarning.
-        warmup_steps: optimizer steps of linear learning-rate warm-up (0: none).
+            e.g. OpenAI's converted dVAE). Its shapes must match ``arch``.
+        lr: peak learning rate, reached after ``warmup_steps`` of linear warm-up from ``warmup_lr``, then a cosine
+            down to ``min_lr`` over the remaining training steps (``core_attention.training.adamw_warmup_cosine``).
+        min_lr: learning rate at the end of the cosine schedule.
+        warmup_lr: learning rate at the first step of the warm-up.
+        warmup_steps: optimizer steps of linear learning-rate warm-up (0: none; if warmup_fraction is None).
+        warmup_fraction: warm-up length as a fraction of all training steps (overrides warmup_steps).
         weight_decay: AdamW weight decay of the weight matrices (norms and biases get none).
         betas: AdamW betas.
         temperature_start: gumbel-softmax temperature at the first step (cosine schedule to temperature_end).
@@ -107,20 +102,13 @@ class DVAEModule(pl.LightningModule):
 
     def __init__(
         self,
-        architecture: Architecture = "dalle",
-        image_size: int = 32,
-        channels: int = 3,
-        num_tokens: int = 512,
-        downsample: int = 4,
-        hidden_dim: int = 64,
-        num_resblocks: int = 1,
-        codebook_dim: int = 128,
-        loss: ReconLoss = "logit_laplace",
-        straight_through: bool = False,
+        arch: DVAEConfig = DVAEConfig(),  # noqa: B008 (LightningCLI reads the default from the signature)
         init_weights: str | None = None,
         lr: float = 1e-3,
         min_lr: float = 1.25e-6,
+        warmup_lr: float = 1e-6,
         warmup_steps: int = 0,
+        warmup_fraction: float | None = None,
         weight_decay: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         temperature_start: float = 1.0,
@@ -131,40 +119,28 @@ class DVAEModule(pl.LightningModule):
         collapse_threshold: float = 0.1,
         num_recon_images: int = 8,
         export_dir: str | None = None,
-        lr_end: float | None = None,
     ) -> None:
         super().__init__()
-        if lr_end is not None:
-            warnings.warn(
-                "DVAEModule(lr_end=...) is now min_lr (lr_end goes in the next release)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            min_lr = lr_end
-        self.save_hyperparameters(ignore=["lr_end"])
-        self.hparams["min_lr"] = min_lr
-        self.vae = DiscreteVAE(
-            architecture=architecture,
-            image_size=image_size,
-            channels=channels,
-            num_tokens=num_tokens,
-            downsample=downsample,
-            hidden_dim=hidden_dim,
-            num_resblocks=num_resblocks,
-            codebook_dim=codebook_dim,
-            loss=loss,
-            straight_through=straight_through,
-        )
+        if isinstance(arch, dict):
+            arch = DVAEConfig.from_dict(arch)
+        self.save_hyperparameters()
+        self.hparams["arch"] = arch.to_dict()  # plain dict: checkpoints load with weights_only=True
+        self.vae = DiscreteVAE.from_config(arch)
         if init_weights:
             self.vae.load_weights(DiscreteVAE.from_pretrained(init_weights).state_dict())
             rank_zero_info(f"dVAE: initialised from {init_weights}")
-        self.train_usage = CodebookUsage(num_tokens)
-        self.val_usage = CodebookUsage(num_tokens)
+        self.train_usage = CodebookUsage(arch.num_tokens)
+        self.val_usage = CodebookUsage(arch.num_tokens)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self._val_grid_batch: torch.Tensor | None = None
         self._fit_start: float | None = None
         self._total_steps_cache: int | None = None
         self.last_figures: dict[str, float] = {}
+
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Release 0.1's hyper-parameters (flat architecture, ``lr_end``) in today's names."""
+        return nest_arch(hparams, DVAEConfig, renamed={"lr_end": "min_lr"})
 
     # ------------------------------------------------------------------------------ schedules
 
@@ -189,27 +165,25 @@ class DVAEModule(pl.LightningModule):
         hp = self.hparams
         return cosine_schedule(self.global_step if step is None else step, hp.kl_warmup_steps, 0.0, hp.kl_weight)
 
-    def lr_factor(self, step: int, total: int | None = None) -> float:
-        """Multiplier of ``lr`` at ``step``: linear warm-up, then cosine to ``min_lr / lr``."""
+    def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        total = self._total_steps() if total is None else total
-        if step < hp.warmup_steps:
-            return (step + 1) / hp.warmup_steps
-        return cosine_schedule(step - hp.warmup_steps, max(total - hp.warmup_steps, 1), 1.0, hp.min_lr / hp.lr)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        decay = [p for p in self.vae.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.vae.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        return adamw_warmup_cosine(
+            self.vae,
+            self.trainer.estimated_stepping_batches,
             lr=hp.lr,
+            min_lr=hp.min_lr,
+            weight_decay=hp.weight_decay,
+            warmup_lr=hp.warmup_lr,
+            warmup_steps=hp.warmup_steps,
+            warmup_fraction=hp.warmup_fraction,
             betas=tuple(hp.betas),
-            eps=1e-8,
         )
-        total = self._total_steps()
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        scheduler.step_update(num_updates=self.global_step)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_lambda_lr_checkpoint(checkpoint)  # release 0.1's schedule
 
     # ------------------------------------------------------------------------------ steps
 
@@ -281,7 +255,7 @@ class DVAEModule(pl.LightningModule):
         """Warns (once per call) when the codebook has collapsed; returns True if healthy."""
         if codes_used >= self.hparams.collapse_threshold:
             return True
-        K = self.hparams.num_tokens
+        K = self.vae.num_tokens
         msg = (
             f"dVAE codebook collapse at epoch {self.current_epoch}: only {codes_used:.1%} of the {K} codes "
             f"({round(codes_used * K)}) were used (threshold {self.hparams.collapse_threshold:.0%}). "
@@ -324,7 +298,7 @@ class DVAEModule(pl.LightningModule):
         if f:
             print(
                 f"dVAE after {self.global_step} steps ({elapsed / 60:.1f} min): val PSNR {f['psnr']:.2f} dB, "
-                f"codes used {f['codes_used']:.1%} of {self.hparams.num_tokens}, perplexity {f['perplexity']:.1f}. "
+                f"codes used {f['codes_used']:.1%} of {self.vae.num_tokens}, perplexity {f['perplexity']:.1f}. "
                 f"Saved to {export_dir}",
                 flush=True,
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from core_attention import MultiHeadAttention
+from core_attention.config import ConfigMixin
 
 __all__ = ["ARCHITECTURE", "VQGAN", "VQGANConfig"]
 
@@ -30,7 +31,7 @@ ARCHITECTURE = "vqgan"
 
 
 @dataclass
-class VQGANConfig:
+class VQGANConfig(ConfigMixin):
     """taming's VQGAN hyper-parameters; the defaults are `dalle-mini/vqgan_imagenet_f16_16384`."""
 
     ch: int = 128
@@ -52,17 +53,6 @@ class VQGANConfig:
     @property
     def grid_size(self) -> int:
         return self.resolution // 2 ** (len(self.ch_mult) - 1)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VQGANConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"architecture"}
-        if unknown:
-            raise ValueError(f"unknown VQGANConfig fields {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class ResnetBlock(nn.Module):

@@ -190,9 +190,9 @@ def test_fit_vae_checks_its_export_folder_before_training(tmp_path):
                 str(REPO / "configs/dalle/shapes_vae.yaml"),
                 f"--trainer.default_root_dir={tmp_path / 'run'}",
                 "--trainer.max_steps=1",
-                "--model.image_size=16",
-                "--model.hidden_dim=8",
-                "--model.num_tokens=32",
+                "--model.arch.image_size=16",
+                "--model.arch.hidden_dim=8",
+                "--model.arch.num_tokens=32",
                 "--data.init_args.image_size=16",
                 f"--model.export_dir={tmp_path / 'a_file' / 'dvae'}",
             ]

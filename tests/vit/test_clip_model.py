@@ -97,7 +97,7 @@ def test_save_pretrained_round_trip(tmp_path):
     ids, images = model.tokenizer(["a red circle"]), torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images, ids), model(images, ids), atol=0, rtol=0)
-    with pytest.raises(ValueError, match="unknown CLIP config keys"):
+    with pytest.raises(ValueError, match="unknown CLIPConfig keys"):
         CLIPConfig.from_dict({"width": 3})
 
 

@@ -11,7 +11,6 @@ attention. OpenAI / OpenCLIP checkpoints load through `vit.clip.weights`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2 as T
 
 from core_attention import TransformerBlock
+from core_attention.config import ConfigMixin
 from core_attention.io import load_safetensors, load_state_dict_checked, save_safetensors
 
 from ..model import ACT_LAYERS, VisionTransformer, ViTConfig
@@ -37,7 +37,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
-class CLIPConfig:
+class CLIPConfig(ConfigMixin):
     """Architecture of a `CLIP` model; defaults are ViT-B/32. Field names follow open_clip's model configs.
 
     Args:
@@ -90,14 +90,6 @@ class CLIPConfig:
             act_layer=self.act_layer,
             norm_eps=1e-5,
         )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CLIPConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown CLIP config keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
 
 
 class TextTransformer(nn.Module):
@@ -226,7 +218,7 @@ class CLIP(nn.Module):
         """Write `model.safetensors` (weights + config in the header) and `config.json` to `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"architecture": "CLIP", "config": dataclasses.asdict(self.config)}
+        config = {"architecture": "CLIP", "config": self.config.to_dict()}
         save_safetensors(directory / WEIGHTS_NAME, self.state_dict(), config)
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return directory

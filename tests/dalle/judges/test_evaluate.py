@@ -49,6 +49,7 @@ def test_accuracy_counts_each_attribute_and_all_together() -> None:
 @pytest.fixture(scope="module")
 def dalle_folder(tmp_path_factory) -> Path:
     """A tiny untrained DALL·E written through the training module's own export (what `python -m dalle fit` saves)."""
+    from dalle.transformer.model import DALLEConfig
     from dalle.transformer.module import DALLEModule
     from dalle.transformer.tokenizer import BPETokenizer
     from dalle.vae.dvae import DiscreteVAE
@@ -60,10 +61,7 @@ def dalle_folder(tmp_path_factory) -> Path:
     module = DALLEModule(
         vae_path=str(root / "vae"),
         tokenizer_path=str(root / "tokenizer.json"),
-        text_seq_len=24,
-        dim=32,
-        depth=1,
-        num_heads=2,
+        arch=DALLEConfig(text_seq_len=24, dim=32, depth=1, num_heads=2),
     )
     return module.export(root / "export")
 

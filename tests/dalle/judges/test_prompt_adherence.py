@@ -13,6 +13,7 @@ reranked): held-in colour 85% / 85%, size 85% / 92%, position 77% / 100%, all fo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -24,23 +25,22 @@ from dalle.data.datamodules import ShapesDataModule
 from dalle.judges.attributes import train_classifier
 from dalle.judges.evaluate import evaluate, format_table
 from dalle.judges.reranker import RerankerConfig, RerankerModule
+from dalle.transformer.model import DALLEConfig
 from dalle.transformer.module import DALLEModule
 from dalle.vae.module import DVAEModule
 
 IMAGE_SIZE = 16
 # The reduced dVAE recipe of test_dvae_training.py with a 256-code book, trained on 16 px scenes of one or two shapes.
-DVAE = {**REDUCED_DVAE, "image_size": IMAGE_SIZE, "num_tokens": 256}
+DVAE = {**REDUCED_DVAE, "arch": dataclasses.replace(REDUCED_DVAE["arch"], image_size=IMAGE_SIZE, num_tokens=256)}
 DVAE_STEPS = 1600  # colours separate late: 800 steps kept one colour for every shape
 # configs/dalle/shapes.yaml at dim 64 and depth 2 (0.17M parameters), over 28 + 64 positions.
 DALLE = dict(
     tokenizer_vocab_size=512,
     tokenizer_train_limit=5000,
-    text_seq_len=28,
-    dim=64,
-    depth=2,
-    num_heads=4,
+    arch=DALLEConfig(text_seq_len=28, dim=64, depth=2, num_heads=4),
     lr=3e-3,
     min_lr=3e-5,
+    warmup_lr=6e-5,  # lr / warmup_steps
     warmup_steps=50,
     caption_dropout=0.1,
 )

@@ -93,7 +93,7 @@ def test_config_errors() -> None:
         tiny_config(image_arch={**IMAGE.to_dict(), "num_classes": 3})
     with pytest.raises(ValueError, match="divisible"):
         tiny_config(text_dim=15)
-    with pytest.raises(ValueError, match="unknown reranker config keys"):
+    with pytest.raises(ValueError, match="unknown RerankerConfig keys"):
         RerankerConfig.from_dict({"bogus": 1})
     big = BPETokenizer.train(ShapesDataset("train", 300, 16).iter_captions(), vocab_size=200)
     with pytest.raises(ValueError, match="raise text_vocab_size"):
@@ -188,8 +188,8 @@ def test_fit_reranker_help() -> None:
     )
     assert out.returncode == 0, out.stderr
     for option in (
-        "--model.config.text_depth",
-        "--model.config.image_arch.patch_size",
+        "--model.arch.text_depth",
+        "--model.arch.image_arch.patch_size",
         "--model.export_dir",
         "--model.tokenizer",
     ):

@@ -8,10 +8,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from recipes import lr_per_step
 
 from core_attention.io import load_checkpoint
 from dalle.data.datamodules import ShapesDataModule
 from dalle.pipeline import generate_images, load_pipeline
+from dalle.transformer.model import DALLEConfig
 from dalle.transformer.module import DALLEModule, fit_main
 from dalle.transformer.tokenizer import BPETokenizer
 from dalle.vae.dvae import DiscreteVAE
@@ -28,21 +30,28 @@ def vae_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def tiny_module(vae_dir: Path, **overrides) -> DALLEModule:
+def tiny_module(vae_dir: Path, arch: dict | None = None, **overrides) -> DALLEModule:
     kwargs = dict(
         vae_path=str(vae_dir),
         tokenizer_vocab_size=200,
-        text_seq_len=12,
-        dim=32,
-        depth=2,
-        num_heads=4,
-        attn_types=["row", "full"],
+        arch=DALLEConfig(
+            **{**dict(text_seq_len=12, dim=32, depth=2, num_heads=4, attn_types=["row", "full"]), **(arch or {})}
+        ),
         warmup_steps=2,
         lr=3e-3,
         sample_prompts=["a red circle", "a blue square"],
         sample_images_per_prompt=2,
     )
     return DALLEModule(**{**kwargs, **overrides})
+
+
+def test_learning_rate_follows_warmup_cosine(vae_dir, tmp_path) -> None:
+    tokenizer = BPETokenizer.train(["a red circle", "a blue square at the top"] * 10, 100).save(tmp_path / "tok.json")
+    module = tiny_module(vae_dir, tokenizer_path=str(tokenizer), lr=1e-3, min_lr=1e-5, warmup_lr=1e-5, warmup_steps=4)
+    lrs = lr_per_step(module, total=24)
+    assert lrs[0] == pytest.approx(1e-5) and lrs[2] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
+    assert lrs[4] == pytest.approx(1e-3) == max(lrs)
+    assert lrs[14] == pytest.approx((1e-3 + 1e-5) / 2) and lrs[24] == pytest.approx(1e-5)
 
 
 def trainer(root: Path, **overrides) -> pl.Trainer:
@@ -80,7 +89,7 @@ def test_fit_checkpoint_and_generation_from_checkpoint_alone(vae_dir, tmp_path) 
     ckpt_path = run.checkpoint_callback.last_model_path
     ckpt = load_checkpoint(ckpt_path)  # weights_only=True
     assert {"tokenizer_json", "dalle_config", "vae_config", "vae_state_dict"} <= set(ckpt)
-    assert ckpt["hyper_parameters"]["dim"] == 32
+    assert ckpt["hyper_parameters"]["arch"]["dim"] == 32
     assert not any(k.startswith("vae.") for k in ckpt["state_dict"])  # the frozen dVAE travels beside the weights
 
     model, tokenizer, vae = load_pipeline(ckpt_path)
@@ -144,7 +153,7 @@ def test_configs_parse(name, capsys) -> None:
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_generates_from_the_checkpoint(vae_dir, tmp_path) -> None:
     torch.manual_seed(0)
-    module = tiny_module(vae_dir, dim=64, depth=2, lr=3e-3, warmup_steps=10, sample_images_per_prompt=0)
+    module = tiny_module(vae_dir, dict(dim=64, depth=2), lr=3e-3, warmup_steps=10, sample_images_per_prompt=0)
     run = trainer(tmp_path, max_steps=150, val_check_interval=None, check_val_every_n_epoch=1, limit_val_batches=2)
     data = shapes(num_train=150 * 32, num_val=64, batch_size=32)
     losses = []

@@ -11,6 +11,7 @@ def _dalle_setup(tmp_path):
     import torch
 
     from dalle.data.datamodules import ShapesDataModule
+    from dalle.transformer.model import DALLEConfig
     from dalle.transformer.module import DALLEModule
     from dalle.vae.dvae import DiscreteVAE
 
@@ -28,11 +29,7 @@ def _dalle_setup(tmp_path):
             vae_path=str(tmp_path / "vae"),
             tokenizer_path=None,
             tokenizer_vocab_size=200,
-            text_seq_len=12,
-            dim=32,
-            depth=2,
-            num_heads=4,
-            attn_types=["row", "full"],
+            arch=DALLEConfig(text_seq_len=12, dim=32, depth=2, num_heads=4, attn_types=("row", "full")),
             warmup_steps=1,
             lr=3e-3,
             caption_dropout=0.0,

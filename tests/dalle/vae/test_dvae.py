@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from recipes import lr_per_step
 
 from dalle.vae.dvae import (
     DiscreteVAE,
@@ -193,14 +195,32 @@ def test_cosine_schedule_endpoints() -> None:
 
 
 def test_module_schedules() -> None:
-    module = DVAEModule(**SMALL, temperature_steps=100, kl_weight=6.6, kl_warmup_steps=50, lr=1e-3, min_lr=1e-5)
+    module = DVAEModule(DVAEConfig(**SMALL), temperature_steps=100, kl_weight=6.6, kl_warmup_steps=50)
     assert module.temperature(0) == 1.0 and module.temperature(100) == 1 / 16 and module.temperature(500) == 1 / 16
     assert module.kl_weight(0) == 0.0 and module.kl_weight(50) == 6.6 and module.kl_weight(51) == 6.6
     assert 0 < module.kl_weight(25) < 6.6
-    assert module.lr_factor(0, total=200) == 1.0
-    assert abs(module.lr_factor(200, total=200) - 1e-2) < 1e-12
-    warm = DVAEModule(**SMALL, warmup_steps=10, lr=1e-3, min_lr=1e-5)
-    assert warm.lr_factor(0, total=100) == 0.1 and warm.lr_factor(9, total=100) == 1.0
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_min_lr() -> None:
+    lr, min_lr, warmup_lr = 1e-3, 1e-5, 1e-4
+    module = DVAEModule(DVAEConfig(**SMALL), lr=lr, min_lr=min_lr, warmup_lr=warmup_lr, warmup_steps=10)
+    lrs = lr_per_step(module, total=110)
+    assert lrs[0] == pytest.approx(warmup_lr) and lrs[5] == pytest.approx(warmup_lr + (lr - warmup_lr) / 2)
+    assert lrs[10] == pytest.approx(lr) and max(lrs) == pytest.approx(lr)
+    assert lrs[60] == pytest.approx((lr + min_lr) / 2)  # half-way through the 100 cosine steps
+    assert lrs[35] == pytest.approx(min_lr + (lr - min_lr) * (1 + math.cos(math.pi / 4)) / 2)
+    assert lrs[110] == pytest.approx(min_lr)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    no_warmup = lr_per_step(DVAEModule(DVAEConfig(**SMALL), lr=lr, min_lr=min_lr), total=100)
+    assert no_warmup[0] == pytest.approx(lr) and no_warmup[100] == pytest.approx(min_lr)
+
+
+def test_no_weight_decay_on_norms_and_biases() -> None:
+    module = DVAEModule(DVAEConfig(**SMALL), weight_decay=0.1)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    decays = {p.ndim >= 2: g["weight_decay"] for g in groups for p in g["params"]}
+    assert decays == {True: 0.1, False: 0.0}
 
 
 def test_codebook_usage_metric() -> None:

@@ -16,11 +16,11 @@ import torch
 from recipes import REDUCED_DVAE, REDUCED_DVAE_STEPS
 from torch.utils.data import DataLoader, TensorDataset
 
-from dalle.vae.dvae import DiscreteVAE
+from dalle.vae.dvae import DiscreteVAE, DVAEConfig
 from dalle.vae.module import CodebookCollapseWarning, DVAEModule
 
 ROOT = Path(__file__).resolve().parents[3]
-TINY = dict(image_size=16, num_tokens=32, hidden_dim=8, num_resblocks=1, codebook_dim=8)
+TINY = DVAEConfig(image_size=16, num_tokens=32, hidden_dim=8, num_resblocks=1, codebook_dim=8)
 
 
 class DictImages(pl.LightningDataModule):
@@ -58,7 +58,7 @@ def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
 
 def test_fit_logs_metrics_writes_grid_and_exports(tmp_path) -> None:
     pl.seed_everything(0)
-    module = DVAEModule(**TINY, export_dir=str(tmp_path / "export"), num_recon_images=4, collapse_threshold=0.0)
+    module = DVAEModule(TINY, export_dir=str(tmp_path / "export"), num_recon_images=4, collapse_threshold=0.0)
     trainer = _trainer(tmp_path)
     trainer.fit(module, datamodule=DictImages())
     metrics = trainer.callback_metrics
@@ -77,7 +77,7 @@ def test_fit_logs_metrics_writes_grid_and_exports(tmp_path) -> None:
 
 def test_collapsed_codebook_warns(tmp_path) -> None:
     pl.seed_everything(0)
-    module = DVAEModule(**TINY, lr=1e-9, num_recon_images=2)
+    module = DVAEModule(TINY, lr=1e-9, num_recon_images=2)
     with torch.no_grad():
         module.vae.encoder.blocks.output.conv.bias[5] = 1e4  # every position picks code 5: 1 of 32 used
     with pytest.warns(CodebookCollapseWarning, match=r"only 3\.1% of the 32 codes"):
@@ -86,7 +86,7 @@ def test_collapsed_codebook_warns(tmp_path) -> None:
 
 def test_healthy_codebook_does_not_warn(tmp_path) -> None:
     pl.seed_everything(0)
-    module = DVAEModule(**TINY)  # the default threshold (10% of the codes), which a random dVAE clears on noise
+    module = DVAEModule(TINY)  # the default threshold (10% of the codes), which a random dVAE clears on noise
     with warnings.catch_warnings():
         warnings.simplefilter("error", CodebookCollapseWarning)
         _trainer(tmp_path).validate(module, datamodule=DictImages())
@@ -97,7 +97,7 @@ def test_healthy_codebook_does_not_warn(tmp_path) -> None:
 
 
 def test_training_step_accepts_tuple_and_tensor_batches() -> None:
-    module = DVAEModule(**TINY)
+    module = DVAEModule(TINY)
     x = torch.rand(2, 3, 16, 16)
     for batch in (x, (x, torch.zeros(2)), {"image": x, "caption": ["a", "b"]}):
         loss = module.training_step(batch, 0)
@@ -115,7 +115,7 @@ def test_cli_help_lists_fit_vae() -> None:
     assert top.returncode == 0 and "fit-vae" in top.stdout
     sub = _run_cli("fit-vae", "--help")
     assert sub.returncode == 0, sub.stderr
-    assert "--model.num_tokens" in sub.stdout and "--data" in sub.stdout
+    assert "--model.arch.num_tokens" in sub.stdout and "--data" in sub.stdout
 
 
 @pytest.mark.parametrize("config", ["shapes_vae.yaml", "openai_vae_finetune.yaml"])
