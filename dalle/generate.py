@@ -10,14 +10,13 @@ Importing the old sampling names from here still works for one release, with a D
 from __future__ import annotations
 
 import argparse
-import importlib
-import warnings
 from pathlib import Path
 
 import torch
 
 from core_attention.io import check_writable
 from dalle.generation import add_speed_options, load_prime_image, load_reranker, save_images, speed_options
+from dalle.moved import moved_names
 from dalle.pipeline import generate_images, generation_defaults, load_pipeline
 from dalle.pretrained import generate_pretrained_main
 from dalle.shipped import DALLE_DIR
@@ -37,11 +36,7 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str):
-    if name in _MOVED:
-        warnings.warn(f"dalle.generate.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'dalle.generate' has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _MOVED)
 
 
 def generate_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from core_attention import DecoderCache, KVCache, LearnedPositionalEmbedding, Linear, NormFormerBlock, compiled_step
+from core_attention.config import ConfigMixin
 from dalle.transformer.sampling import check_sampling_args, filter_logits, guide_logits
 
 __all__ = ["ARCHITECTURE", "DalleBart", "DalleBartConfig", "sample_image_tokens"]
@@ -32,7 +33,7 @@ ARCHITECTURE = "dalle-bart"
 
 
 @dataclass
-class DalleBartConfig:
+class DalleBartConfig(ConfigMixin):
     """Architecture of a :class:`DalleBart`; `mini()` and `mega()` are the published checkpoints' shapes."""
 
     text_vocab_size: int = 50264
@@ -75,17 +76,6 @@ class DalleBartConfig:
             glu_dim=4096,
         )
         return cls(**{**mega, **overrides})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DalleBartConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"architecture"}
-        if unknown:
-            raise ValueError(f"unknown DalleBartConfig fields {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def num_params(self) -> int:
         """Parameter count, for memory estimates before anything is allocated."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core_attention import Decoder, DecoderCache, LearnedPositionalEmbedding, Linear, compiled_step, init_weights
+from core_attention.config import ConfigMixin
 from dalle.transformer.masks import dalle_mask
 from dalle.transformer.sampling import check_sampling_args, sample_logits
 
@@ -45,8 +46,29 @@ def paper_attn_types(depth: int) -> tuple[str, ...]:
 
 
 @dataclass
-class DALLEConfig:
-    """Architecture of a :class:`DALLE`; saved with the weights, so a checkpoint rebuilds its own model."""
+class DALLEConfig(ConfigMixin):
+    """Architecture of a :class:`DALLE`; saved with the weights, so a checkpoint rebuilds its own model.
+
+    Args:
+        text_vocab_size: rows of the text embedding: the tokenizer's vocab_size (id 0 is padding). Set from the
+            tokenizer when training (DALLEModule).
+        text_seq_len: text tokens per caption; longer captions are cut.
+        image_vocab_size: the dVAE's codebook size (num_tokens). Set from the dVAE when training.
+        image_grid_size: the dVAE's grid side, h = w = image_size / downsample. Set from the dVAE when training.
+        dim: transformer width (the token embedding size); must be divisible by num_heads.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        num_kv_heads: key/value heads for grouped-query attention (must divide num_heads); None: one per head.
+        mlp_ratio: MLP hidden width as a multiple of dim.
+        qk_norm: normalise queries and keys before the attention product (steadier training at large widths).
+        dropout: dropout after the attention output projection and in the MLP.
+        attn_drop: dropout on the attention weights.
+        drop_path_rate: stochastic depth of the last block (growing linearly from 0 over the blocks).
+        attn_types: attention pattern per layer, cycled over the depth: 'full' (causal), or the paper's sparse
+            image masks 'row', 'column' and 'conv' (see paper_attn_types()).
+        conv_kernel_size: window side of the 'conv' layers, in image tokens (the paper: 11 on a 32 x 32 grid).
+        loss_img_weight: the loss weighs text : image tokens as 1 : loss_img_weight (the paper: 7).
+    """
 
     text_vocab_size: int = 1000  # the tokenizer's vocab_size; id 0 is padding
     text_seq_len: int = 32
@@ -92,18 +114,6 @@ class DALLEConfig:
 
     def layer_attn_types(self) -> list[str]:
         return [self.attn_types[i % len(self.attn_types)] for i in range(self.depth)]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["attn_types"] = list(self.attn_types)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DALLEConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown DALLE config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass
