@@ -60,7 +60,8 @@ class CompiledStep:
             return self.fn(*args)
 
     def __call__(self, *args: object) -> Tensor:
-        key = tuple((tuple(a.shape), a.dtype) for a in _tensors(args))
+        # The tensor arguments' shapes: a step's cache and weights follow from them and the model's dtype.
+        key = tuple((tuple(a.shape), a.dtype) for a in args if isinstance(a, Tensor))
         if key in self.compile_seconds:
             return self.run(*args)
         log.info("compiling %s for inputs %s (once per process and shape; autotuning the products) ...", self.name, key)
@@ -75,19 +76,6 @@ class CompiledStep:
         self.compile_seconds[key] = seconds = time.perf_counter() - start
         log.info("compiled %s in %.1f s", self.name, seconds)
         return out
-
-
-def _tensors(args: tuple) -> list[Tensor]:
-    """The tensors among `args`, looking into lists and objects' attributes (a cache object's buffers)."""
-    found: list[Tensor] = []
-    for a in args:
-        if isinstance(a, Tensor):
-            found.append(a)
-        elif isinstance(a, (list, tuple)):
-            found += _tensors(tuple(a))
-        elif hasattr(a, "__dict__") and not isinstance(a, nn.Module):
-            found += _tensors(tuple(vars(a).values()))
-    return found
 
 
 def compiled_step(model: nn.Module, method: str) -> Callable[..., Tensor]:

@@ -18,8 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from dalle.generation import add_speed_options, speed_options
 
 if TYPE_CHECKING:
@@ -64,11 +62,6 @@ def app_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
-    p.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="device of the text-to-image model (default: cuda when available, else cpu)",
-    )
     add_speed_options(p)
     return p
 

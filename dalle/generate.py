@@ -115,11 +115,6 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-cache", action="store_true", help="recompute the whole sequence every step (slow; for checking)"
     )
-    p.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="device to generate on (default: cuda when available, else cpu)",
-    )
     add_speed_options(p)
     return p
 

@@ -185,7 +185,12 @@ def load_prime_image(path: str, size: int, resize: bool) -> Tensor:
 
 
 def add_speed_options(p: argparse.ArgumentParser) -> None:
-    """--dtype (with --bf16 as its shorthand) and --compile: the options of every command that generates."""
+    """--device, --dtype (with --bf16 as its shorthand) and --compile: the options of every command that generates."""
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device of the text-to-image model (default: cuda when available, else cpu)",
+    )
     p.add_argument(
         "--dtype",
         choices=("auto", "fp32", "bf16"),
